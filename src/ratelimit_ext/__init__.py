@@ -1,0 +1,3 @@
+"""ratelimit-ext: rate limiting and authorization for Envoy over gRPC."""
+
+__version__ = "0.1.0"

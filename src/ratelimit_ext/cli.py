@@ -1,0 +1,158 @@
+"""The ``ratelimit-ext`` command line.
+
+Every ``serve`` flag also reads an environment variable
+(``RATELIMIT_EXT_<FLAG>``); a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ratelimit_ext import __version__
+from ratelimit_ext.authn import AuthSettings
+from ratelimit_ext.errors import PolicyError
+from ratelimit_ext.policy.keys import hash_key
+from ratelimit_ext.policy.loader import load_policy
+
+ENV_PREFIX = "RATELIMIT_EXT_"
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _env_flag(name: str) -> bool:
+    return (_env(name) or "").strip().lower() in TRUE_WORDS
+
+
+def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = commands.add_parser("serve", help="serve RLS + ext_authz over gRPC")
+    serve.add_argument(
+        "--config", default=_env("CONFIG"),
+        help="policy YAML file or directory [env RATELIMIT_EXT_CONFIG]",
+    )
+    serve.add_argument(
+        "--listen", default=_env("LISTEN", "127.0.0.1:8081"),
+        help="gRPC HOST:PORT (default %(default)s) [env RATELIMIT_EXT_LISTEN]",
+    )
+    serve.add_argument(
+        "--store", default=_env("STORE", "memory"),
+        help="memory | redis://[user:pass@]host:port[/db] [env RATELIMIT_EXT_STORE]",
+    )
+    serve.add_argument(
+        "--metrics-listen", default=_env("METRICS_LISTEN", "127.0.0.1:9090"),
+        help="Prometheus HOST:PORT, or 'none' [env RATELIMIT_EXT_METRICS_LISTEN]",
+    )
+    serve.add_argument(
+        "--shadow-mode", action="store_true", default=_env_flag("SHADOW_MODE"),
+        help="count, but never answer OVER_LIMIT [env RATELIMIT_EXT_SHADOW_MODE]",
+    )
+    serve.add_argument(
+        "--ratelimit-headers", action="store_true",
+        default=_env_flag("RATELIMIT_HEADERS"),
+        help="add RateLimit-* response headers [env RATELIMIT_EXT_RATELIMIT_HEADERS]",
+    )
+    serve.add_argument("--api-key-header", default=_env("API_KEY_HEADER", "x-api-key"))
+    serve.add_argument("--identity-header", default=_env("IDENTITY_HEADER", "x-user-id"))
+    serve.add_argument("--tier-header", default=_env("TIER_HEADER", "x-user-tier"))
+    serve.add_argument(
+        "--grace", type=float, default=float(_env("GRACE", "10") or 10),
+        help="seconds in-flight calls get on shutdown (default %(default)s)",
+    )
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ratelimit-ext",
+        description="Rate limiting and authorization sidecar for Envoy.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(commands)
+    check = commands.add_parser("check-config", help="validate policy files")
+    check.add_argument("path", help="policy YAML file or directory")
+    hashing = commands.add_parser("hash-key", help="print the SHA-256 of an API key")
+    hashing.add_argument(
+        "key", nargs="?", help="the key (read from a prompt or stdin if omitted)"
+    )
+    return parser
+
+
+def _check_config(path: str) -> int:
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(
+        f"ok: {len(policy.files)} files, {len(policy.domains)} domains, "
+        f"{len(policy.api_keys)} API keys, digest {policy.digest[:12]}"
+    )
+    return 0
+
+
+def _hash_key(key: str | None) -> int:
+    if key is None:
+        key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.read()
+    key = key.strip()
+    if not key:
+        print("hash-key: empty key", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ratelimit_ext.server import ServeSettings, serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.config:
+        print("serve: --config (or RATELIMIT_EXT_CONFIG) is required", file=sys.stderr)
+        return 2
+    metrics = None if args.metrics_listen.lower() == "none" else args.metrics_listen
+    try:
+        settings = ServeSettings(
+            config=Path(args.config),
+            listen=args.listen,
+            store=args.store,
+            metrics_listen=metrics,
+            shadow_mode=args.shadow_mode,
+            ratelimit_headers=args.ratelimit_headers,
+            grace_seconds=args.grace,
+            auth=AuthSettings(
+                api_key_header=args.api_key_header,
+                identity_header=args.identity_header,
+                tier_header=args.tier_header,
+            ),
+        )
+        asyncio.run(serve(settings))
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.path)
+    if args.command == "hash-key":
+        return _hash_key(args.key)
+    return _serve(args)

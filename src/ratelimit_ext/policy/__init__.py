@@ -1,0 +1,1 @@
+"""Policy: the model, its loading and validation, and request matching."""

@@ -1,0 +1,169 @@
+"""Process wiring: build the parts from settings, serve, and shut down cleanly.
+
+This is the only place that knows every part. It loads the policy, opens the
+store, starts telemetry, registers the gRPC services on one port and, on
+SIGTERM or SIGINT, turns health to NOT_SERVING, lets in-flight calls finish
+within the grace period, closes the store and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ratelimit_ext.authn import AuthSettings
+from ratelimit_ext.decision import DecisionEngine
+from ratelimit_ext.policy.compiled import ActivePolicy, CompiledPolicy
+from ratelimit_ext.policy.loader import load_policy
+from ratelimit_ext.service import authorization, ratelimit
+from ratelimit_ext.service.handlers import unary_service
+from ratelimit_ext.service.limits import RequestLimits
+from ratelimit_ext.store.base import Store
+from ratelimit_ext.store.url import open_store, redact_url
+from ratelimit_ext.telemetry import PrometheusEndpoint, Telemetry
+
+logger = logging.getLogger(__name__)
+
+
+def split_host_port(text: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ValueError names the flag."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{flag} must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    config: Path
+    listen: str = "127.0.0.1:8081"
+    store: str = "memory"
+    metrics_listen: str | None = "127.0.0.1:9090"
+    shadow_mode: bool = False
+    ratelimit_headers: bool = False
+    grace_seconds: float = 10.0
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+
+    def __post_init__(self) -> None:
+        split_host_port(self.listen, "--listen")
+        if self.metrics_listen is not None:
+            split_host_port(self.metrics_listen, "--metrics-listen")
+        if self.grace_seconds < 0:
+            raise ValueError("--grace must not be negative")
+
+
+class Sidecar:
+    """The running server: its parts and its lifecycle."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.policy = ActivePolicy(CompiledPolicy.build(load_policy(settings.config)))
+        self._metrics = _metrics_endpoint(settings.metrics_listen)
+        self.store: Store = open_store(settings.store)
+        provider = self._metrics.provider() if self._metrics else None
+        self.telemetry = (
+            Telemetry(provider, self.store.name) if provider else Telemetry.disabled()
+        )
+        self.engine = DecisionEngine(
+            self.policy, self.store, self.telemetry, shadow_mode=settings.shadow_mode
+        )
+        self.health = health.aio.HealthServicer()
+        self.server = self._build_server()
+        self.port = 0
+
+    def _build_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        rls = ratelimit.RateLimitServicer(
+            self.engine,
+            self.telemetry,
+            limits=self.settings.limits,
+            response_headers=self.settings.ratelimit_headers,
+        )
+        authz = authorization.AuthorizationServicer(
+            self.policy, self.engine, self.telemetry, self.settings.auth
+        )
+        server.add_generic_rpc_handlers(
+            (
+                unary_service(
+                    ratelimit.SERVICE_NAME,
+                    {ratelimit.METHOD: (rls.ShouldRateLimit, rls_pb2.RateLimitRequest)},
+                ),
+                unary_service(
+                    authorization.SERVICE_NAME,
+                    {
+                        authorization.METHOD: (
+                            authz.Check,
+                            external_auth_pb2.CheckRequest,
+                        )
+                    },
+                ),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                ratelimit.SERVICE_NAME,
+                authorization.SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        return server
+
+    async def start(self) -> None:
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        await self.server.start()
+        for service in ("", ratelimit.SERVICE_NAME, authorization.SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        policy = self.policy.current.policy
+        logger.info(
+            "serving on %s (port %d), store %s, %d domains, %d API keys, policy %s",
+            self.settings.listen,
+            self.port,
+            redact_url(self.settings.store),
+            len(policy.domains),
+            len(policy.api_keys),
+            policy.digest[:12],
+        )
+
+    async def stop(self) -> None:
+        logger.info("shutting down, grace %.1fs", self.settings.grace_seconds)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_seconds)
+        await self.store.close()
+        self.telemetry.shutdown()
+        if self._metrics is not None:
+            self._metrics.close()
+        logger.info("stopped")
+
+
+def _metrics_endpoint(listen: str | None) -> PrometheusEndpoint | None:
+    if listen is None:
+        return None
+    host, port = split_host_port(listen, "--metrics-listen")
+    return PrometheusEndpoint(host, port)
+
+
+async def serve(settings: ServeSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    sidecar = Sidecar(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await sidecar.start()
+        await stopping.wait()
+    finally:
+        await sidecar.stop()

@@ -1,0 +1,1 @@
+"""gRPC adapters: Envoy's RateLimitService and Authorization, health, wiring."""

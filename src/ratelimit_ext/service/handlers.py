@@ -1,0 +1,42 @@
+"""Method handlers whose request parsing cannot turn into INTERNAL errors.
+
+gRPC answers INTERNAL when a request deserializer raises. Ours return
+``None`` for bytes that are not a valid message (for example a string field
+with invalid UTF-8), so the servicer can answer ``INVALID_ARGUMENT`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+M = TypeVar("M", bound=Message)
+
+
+def tolerant_parser(message_type: type[M]) -> Callable[[bytes], M | None]:
+    def parse(data: bytes) -> M | None:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return None
+
+    return parse
+
+
+def unary_service(
+    service: str,
+    methods: dict[str, tuple[Callable[..., Awaitable[Any]], type[Message]]],
+) -> grpc.GenericRpcHandler:
+    """A generic handler for unary methods: name -> (behaviour, request type)."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=tolerant_parser(request_type),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+        for name, (behaviour, request_type) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(service, handlers)

@@ -1,0 +1,1 @@
+"""Counter stores: in-process memory and Redis (standalone, later Cluster)."""

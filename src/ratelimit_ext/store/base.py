@@ -1,0 +1,81 @@
+"""The contract every counter store honours.
+
+A store counts hits against *subjects*. One ``CounterRequest`` carries all the
+windows of one rule for one subject; the store checks every window and commits
+the hits to all of them only if every window has room (all or nothing), so a
+request refused by a daily window does not consume the minute window.
+
+The algorithms (exact semantics, identical in every store):
+
+fixed_window
+    Windows of ``unit`` seconds aligned to the Unix epoch. Admitted iff
+    ``count + hits <= limit``. ``remaining = limit - count`` after the commit;
+    ``reset`` = seconds until the window ends.
+sliding_window
+    Sliding-window counter: ``estimate = previous * (1 - elapsed / unit) +
+    current``. Admitted iff ``estimate + hits <= limit``. ``remaining =
+    floor(limit - estimate)`` after the commit; ``reset`` = seconds until the
+    current (epoch-aligned) window ends.
+token_bucket
+    A bucket of ``capacity`` (``burst``, default ``limit``) tokens refilled at
+    ``limit / unit`` tokens per second, full when first seen. Admitted iff
+    ``tokens >= hits``. ``remaining = floor(tokens)`` after the commit;
+    ``reset`` = seconds until the bucket is full again when admitted, or until
+    enough tokens for this request exist when refused.
+
+``hits == 0`` checks without counting: it is admitted iff one more hit would be.
+Refused hits are never committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ratelimit_ext.policy.model import Window
+
+Clock = Callable[[], float]
+"""Seconds since the Unix epoch, as a float."""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRequest:
+    """Hits against one subject, checked and committed across all its windows.
+
+    ``subject`` identifies the counted thing (domain + descriptor entries, and
+    anything else that must keep counters apart). Two requests with the same
+    subject and the same window unit and algorithm share a counter, whatever
+    their limits: a changed limit keeps counting in the current window.
+    """
+
+    subject: str
+    windows: tuple[Window, ...]
+    hits: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    allowed: bool
+    remaining: int
+    reset_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CounterResult:
+    """``allowed`` is True iff every window had room and the hits were committed."""
+
+    allowed: bool
+    windows: tuple[WindowResult, ...]
+
+
+class Store(Protocol):
+    """A counter store. Every backend failure is raised as ``StoreError``."""
+
+    name: str
+
+    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        """Decide every request, one result per request, in order."""
+        ...
+
+    async def close(self) -> None: ...

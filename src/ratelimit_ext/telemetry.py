@@ -1,0 +1,97 @@
+"""Telemetry: the only module that talks to OpenTelemetry and its exporters.
+
+Instruments are created once, with units and low-cardinality attributes only
+(domain names from the policy, result codes, store names); request-supplied
+values such as descriptor values or API keys never become attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ratelimit_ext import __version__
+
+logger = logging.getLogger(__name__)
+
+
+class Telemetry:
+    """Named recording calls over an OpenTelemetry meter."""
+
+    def __init__(self, provider: MeterProvider, store_name: str = "memory") -> None:
+        self._provider = provider
+        self._store = {"store": store_name}
+        meter = provider.get_meter("ratelimit_ext", __version__)
+        self._decisions = meter.create_counter(
+            "ratelimit_ext.decisions",
+            unit="{decision}",
+            description="Rate-limit decisions by domain and overall code",
+        )
+        self._store_latency = meter.create_histogram(
+            "ratelimit_ext.store.duration",
+            unit="s",
+            description="Time spent in the counter store per decision",
+        )
+        self._store_errors = meter.create_counter(
+            "ratelimit_ext.store.errors",
+            unit="{error}",
+            description="Store calls that failed",
+        )
+        self._rpc_errors = meter.create_counter(
+            "ratelimit_ext.rpc.errors",
+            unit="{call}",
+            description="Calls answered with a gRPC error status",
+        )
+        self._authz = meter.create_counter(
+            "ratelimit_ext.authz.checks",
+            unit="{check}",
+            description="Authorization checks by result",
+        )
+
+    @classmethod
+    def disabled(cls) -> Telemetry:
+        """Instruments that record into a provider nobody reads."""
+        return cls(MeterProvider())
+
+    def record_decision(self, domain: str, code: str) -> None:
+        self._decisions.add(1, {"domain": domain, "code": code})
+
+    def record_store(self, seconds: float, *, ok: bool) -> None:
+        self._store_latency.record(seconds, self._store)
+        if not ok:
+            self._store_errors.add(1, self._store)
+
+    def record_rpc_error(self, method: str, status: str) -> None:
+        self._rpc_errors.add(1, {"method": method, "status": status})
+
+    def record_authz(self, result: str) -> None:
+        self._authz.add(1, {"result": result})
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()
+
+
+class PrometheusEndpoint:
+    """Serves the metrics of one ``MeterProvider`` on an HTTP port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.registry = CollectorRegistry()
+        self.reader = PrometheusMetricReader(registry=self.registry)
+        self._server: Any
+        self._server, self._thread = start_http_server(
+            port, addr=host, registry=self.registry
+        )
+        logger.info("metrics listening on http://%s:%d/metrics", host, port)
+
+    def provider(self) -> MeterProvider:
+        resource = Resource.create({"service.name": "ratelimit-ext"})
+        return MeterProvider(resource=resource, metric_readers=[self.reader])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
