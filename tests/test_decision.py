@@ -163,7 +163,9 @@ async def test_unknown_domain_and_unmatched_descriptors_are_ok(
 
 
 async def test_unlimited_never_blocks(engine: DecisionEngine) -> None:
-    verdicts = [await engine.decide(query([("generic_key", "free")])) for _ in range(50)]
+    verdicts = [
+        await engine.decide(query([("generic_key", "free")])) for _ in range(50)
+    ]
     assert {v.code for v in verdicts} == {Code.OK}
     assert verdicts[-1].descriptors[0].remaining == UNLIMITED_REMAINING
 

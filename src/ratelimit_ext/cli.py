@@ -36,35 +36,46 @@ def _env_flag(name: str) -> bool:
 def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="serve RLS + ext_authz over gRPC")
     serve.add_argument(
-        "--config", default=_env("CONFIG"),
+        "--config",
+        default=_env("CONFIG"),
         help="policy YAML file or directory [env RATELIMIT_EXT_CONFIG]",
     )
     serve.add_argument(
-        "--listen", default=_env("LISTEN", "127.0.0.1:8081"),
+        "--listen",
+        default=_env("LISTEN", "127.0.0.1:8081"),
         help="gRPC HOST:PORT (default %(default)s) [env RATELIMIT_EXT_LISTEN]",
     )
     serve.add_argument(
-        "--store", default=_env("STORE", "memory"),
+        "--store",
+        default=_env("STORE", "memory"),
         help="memory | redis://[user:pass@]host:port[/db] [env RATELIMIT_EXT_STORE]",
     )
     serve.add_argument(
-        "--metrics-listen", default=_env("METRICS_LISTEN", "127.0.0.1:9090"),
+        "--metrics-listen",
+        default=_env("METRICS_LISTEN", "127.0.0.1:9090"),
         help="Prometheus HOST:PORT, or 'none' [env RATELIMIT_EXT_METRICS_LISTEN]",
     )
     serve.add_argument(
-        "--shadow-mode", action="store_true", default=_env_flag("SHADOW_MODE"),
+        "--shadow-mode",
+        action="store_true",
+        default=_env_flag("SHADOW_MODE"),
         help="count, but never answer OVER_LIMIT [env RATELIMIT_EXT_SHADOW_MODE]",
     )
     serve.add_argument(
-        "--ratelimit-headers", action="store_true",
+        "--ratelimit-headers",
+        action="store_true",
         default=_env_flag("RATELIMIT_HEADERS"),
         help="add RateLimit-* response headers [env RATELIMIT_EXT_RATELIMIT_HEADERS]",
     )
     serve.add_argument("--api-key-header", default=_env("API_KEY_HEADER", "x-api-key"))
-    serve.add_argument("--identity-header", default=_env("IDENTITY_HEADER", "x-user-id"))
+    serve.add_argument(
+        "--identity-header", default=_env("IDENTITY_HEADER", "x-user-id")
+    )
     serve.add_argument("--tier-header", default=_env("TIER_HEADER", "x-user-tier"))
     serve.add_argument(
-        "--grace", type=float, default=float(_env("GRACE", "10") or 10),
+        "--grace",
+        type=float,
+        default=float(_env("GRACE", "10") or 10),
         help="seconds in-flight calls get on shutdown (default %(default)s)",
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))

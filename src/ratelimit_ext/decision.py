@@ -129,7 +129,9 @@ class DecisionEngine:
             self._telemetry.record_decision(UNKNOWN_DOMAIN, verdict.code.name)
             return verdict
         caller = self._caller_for(compiled, query, caller)
-        resolved = [self._resolve(compiled, query, d, caller) for d in query.descriptors]
+        resolved = [
+            self._resolve(compiled, query, d, caller) for d in query.descriptors
+        ]
         _apply_replaces(resolved)
         counted = [r for r in resolved if isinstance(r, _Resolved)]
         results = iter(await self._count(counted))

@@ -35,7 +35,10 @@ logger = logging.getLogger(__name__)
 
 
 def split_host_port(text: str, flag: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ValueError names the flag."""
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port).
+
+    A malformed value raises ``ValueError`` naming the flag.
+    """
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{flag} must be HOST:PORT, got {text!r}")

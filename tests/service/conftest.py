@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -12,6 +11,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
+from harness.inprocess import Running
 from ratelimit_ext.policy.keys import hash_key
 from ratelimit_ext.server import ServeSettings, Sidecar
 
@@ -49,14 +49,6 @@ api_keys:
     tier: pro
     disabled: true
 """
-
-
-@dataclass
-class Running:
-    sidecar: Sidecar
-    channel: grpc.aio.Channel
-    rls: rls_pb2_grpc.RateLimitServiceStub
-    authz: external_auth_pb2_grpc.AuthorizationStub
 
 
 def write_config(directory: Path) -> Path:

@@ -7,7 +7,7 @@ import json
 from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2
 
-from tests.service.conftest import Running
+from harness.inprocess import Running
 
 CheckResponse = external_auth_pb2.CheckResponse
 

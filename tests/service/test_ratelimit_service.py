@@ -11,7 +11,8 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf.wrappers_pb2 import UInt64Value
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.service.conftest import Running
+from harness.inprocess import Running
+from harness.ports import free_port
 
 Response = rls_pb2.RateLimitResponse
 Descriptor = ratelimit_pb2.RateLimitDescriptor
@@ -50,7 +51,9 @@ async def test_statuses_carry_limit_remaining_and_reset(sidecar: Running) -> Non
 
 
 async def test_unlimited_answers_max_remaining(sidecar: Running) -> None:
-    reply = await sidecar.rls.ShouldRateLimit(request(descriptor(("generic_key", "free"))))
+    reply = await sidecar.rls.ShouldRateLimit(
+        request(descriptor(("generic_key", "free")))
+    )
     assert reply.statuses[0].limit_remaining == 4294967295
 
 
@@ -94,7 +97,9 @@ async def test_optional_ratelimit_headers(
     start_sidecar: Callable[..., object],
 ) -> None:
     running: Running = await start_sidecar(ratelimit_headers=True)  # type: ignore[misc]
-    req = request(descriptor(("generic_key", "hourly")), descriptor(("generic_key", "three")))
+    req = request(
+        descriptor(("generic_key", "hourly")), descriptor(("generic_key", "three"))
+    )
     reply = await running.rls.ShouldRateLimit(req)
     headers = {h.key: h.value for h in reply.response_headers_to_add}
     # The descriptor closest to its limit is "three" (2 of 3 left).
@@ -146,7 +151,9 @@ async def test_malformed_requests_get_invalid_argument(
 
 
 async def test_invalid_utf8_is_invalid_argument_not_internal(sidecar: Running) -> None:
-    raw = request(descriptor(("k", "abc"))).SerializeToString().replace(b"abc", b"a\xffc")
+    raw = (
+        request(descriptor(("k", "abc"))).SerializeToString().replace(b"abc", b"a\xffc")
+    )
     call = sidecar.channel.unary_unary(
         "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
         request_serializer=lambda b: b,
@@ -160,8 +167,6 @@ async def test_invalid_utf8_is_invalid_argument_not_internal(sidecar: Running) -
 async def test_store_failure_is_unavailable(
     start_sidecar: Callable[..., object],
 ) -> None:
-    from tests.harness.ports import free_port
-
     dead = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
     running: Running = await start_sidecar(store=dead)  # type: ignore[misc]
     with pytest.raises(grpc.aio.AioRpcError) as caught:

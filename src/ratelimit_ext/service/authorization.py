@@ -62,10 +62,10 @@ def _denied(
     rpc_code: int,
     headers: list[tuple[str, str]],
     body: Mapping[str, str],
-) -> _CheckResponse:
+) -> external_auth_pb2.CheckResponse:
     response = _CheckResponse(status=status_pb2.Status(code=rpc_code))
     denied = response.denied_response
-    denied.status.code = http_status  # type: ignore[assignment]
+    denied.status.code = http_status
     denied.headers.extend(
         _header_options([("content-type", "application/json"), *headers])
     )
@@ -86,11 +86,11 @@ class AuthorizationServicer:
         self._telemetry = telemetry
         self._settings = settings
 
-    async def Check(  # noqa: N802 - gRPC method name
+    async def Check(
         self,
         request: external_auth_pb2.CheckRequest | None,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> _CheckResponse:
+        context: grpc.aio.ServicerContext,
+    ) -> external_auth_pb2.CheckResponse:
         if request is None:
             return await self._abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "not a CheckRequest"
@@ -122,7 +122,9 @@ class AuthorizationServicer:
         self._telemetry.record_authz("allowed")
         return self._allowed(caller, verdict)
 
-    def _allowed(self, caller: Caller, verdict: Verdict | None) -> _CheckResponse:
+    def _allowed(
+        self, caller: Caller, verdict: Verdict | None
+    ) -> external_auth_pb2.CheckResponse:
         upstream = [(self._settings.identity_header, caller.identity or "")]
         if caller.tier:
             upstream.append((self._settings.tier_header, caller.tier))
@@ -139,7 +141,7 @@ class AuthorizationServicer:
             )
         return response
 
-    def _unauthenticated(self, reason: str) -> _CheckResponse:
+    def _unauthenticated(self, reason: str) -> external_auth_pb2.CheckResponse:
         self._telemetry.record_authz("unauthenticated")
         challenge = (
             f'ApiKey realm="{self._settings.realm}", '
@@ -154,7 +156,7 @@ class AuthorizationServicer:
 
     async def _abort(
         self,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: grpc.aio.ServicerContext,
         code: grpc.StatusCode,
         message: str,
     ) -> NoReturn:

@@ -19,7 +19,8 @@ M = TypeVar("M", bound=Message)
 def tolerant_parser(message_type: type[M]) -> Callable[[bytes], M | None]:
     def parse(data: bytes) -> M | None:
         try:
-            return message_type.FromString(data)
+            message: M = message_type.FromString(data)
+            return message
         except DecodeError:
             return None
 

@@ -85,7 +85,7 @@ def _duration(seconds: float) -> Duration:
     return duration
 
 
-def _status(verdict: DescriptorVerdict) -> _Response.DescriptorStatus:
+def _status(verdict: DescriptorVerdict) -> rls_pb2.RateLimitResponse.DescriptorStatus:
     status = _Response.DescriptorStatus(
         code=_PROTO_CODE[verdict.code], limit_remaining=verdict.remaining
     )
@@ -99,8 +99,10 @@ def _status(verdict: DescriptorVerdict) -> _Response.DescriptorStatus:
     return status
 
 
-def response_from_verdict(verdict: Verdict, with_headers: bool) -> _Response:
-    response = _Response(
+def response_from_verdict(
+    verdict: Verdict, with_headers: bool
+) -> rls_pb2.RateLimitResponse:
+    response: rls_pb2.RateLimitResponse = _Response(
         overall_code=_PROTO_CODE[verdict.code],
         statuses=[_status(d) for d in verdict.descriptors],
     )
@@ -126,11 +128,11 @@ class RateLimitServicer:
         self._limits = limits
         self._response_headers = response_headers
 
-    async def ShouldRateLimit(  # noqa: N802 - gRPC method name
+    async def ShouldRateLimit(
         self,
         request: rls_pb2.RateLimitRequest | None,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> _Response:
+        context: grpc.aio.ServicerContext,
+    ) -> rls_pb2.RateLimitResponse:
         if request is None:
             return await self._abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "not a RateLimitRequest"
@@ -156,7 +158,7 @@ class RateLimitServicer:
 
     async def _abort(
         self,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: grpc.aio.ServicerContext,
         code: grpc.StatusCode,
         message: str,
     ) -> NoReturn:
