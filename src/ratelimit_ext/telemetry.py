@@ -19,6 +19,22 @@ from ratelimit_ext import __version__
 
 logger = logging.getLogger(__name__)
 
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+"""Seconds; a decision's store time is normally well under Envoy's 20 ms."""
+
 
 class Telemetry:
     """Named recording calls over an OpenTelemetry meter."""
@@ -36,6 +52,7 @@ class Telemetry:
             "ratelimit_ext.store.duration",
             unit="s",
             description="Time spent in the counter store per decision",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
         )
         self._store_errors = meter.create_counter(
             "ratelimit_ext.store.errors",

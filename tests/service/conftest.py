@@ -62,13 +62,13 @@ async def start_sidecar(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
     started: list[Running] = []
 
     async def start(**overrides: object) -> Running:
-        settings = ServeSettings(
-            config=write_config(tmp_path),
-            listen="127.0.0.1:0",
-            metrics_listen=None,
-            grace_seconds=1.0,
-            **overrides,  # type: ignore[arg-type]
-        )
+        options: dict[str, object] = {
+            "config": write_config(tmp_path),
+            "listen": "127.0.0.1:0",
+            "metrics_listen": None,
+            "grace_seconds": 1.0,
+        }
+        settings = ServeSettings(**{**options, **overrides})  # type: ignore[arg-type]
         sidecar = Sidecar(settings)
         await sidecar.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
