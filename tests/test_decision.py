@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit_ext.decision import (
-    UNLIMITED_REMAINING,
-    Code,
-    DecisionEngine,
-    DescriptorQuery,
-    RateLimitQuery,
-    Verdict,
-)
+from ratelimit_ext.counting import CountingSettings, LimitCounter
+from ratelimit_ext.decision import DecisionEngine, DescriptorQuery, RateLimitQuery
 from ratelimit_ext.errors import StoreError
 from ratelimit_ext.policy.compiled import ActivePolicy, CompiledPolicy
 from ratelimit_ext.policy.keys import hash_key
@@ -25,6 +19,7 @@ from ratelimit_ext.policy.rules import Caller, rollout_bucket
 from ratelimit_ext.store.base import CounterRequest, CounterResult
 from ratelimit_ext.store.memory import MemoryStore
 from ratelimit_ext.telemetry import Telemetry
+from ratelimit_ext.verdict import UNLIMITED_REMAINING, Code, Verdict
 
 POLICY = """
 domain: api
@@ -112,9 +107,9 @@ def build(tmp_path: Path, clock: Clock, *, shadow_mode: bool = False) -> Decisio
     (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
     (tmp_path / "keys.yaml").write_text(textwrap.dedent(KEYS))
     policy = ActivePolicy(CompiledPolicy.build(load_policy(tmp_path)))
-    return DecisionEngine(
-        policy, MemoryStore(clock), Telemetry.disabled(), shadow_mode=shadow_mode
-    )
+    telemetry = Telemetry.disabled()
+    counter = LimitCounter(MemoryStore(clock), telemetry, CountingSettings(), clock)
+    return DecisionEngine(policy, counter, telemetry, shadow_mode=shadow_mode)
 
 
 @pytest.fixture
@@ -340,9 +335,11 @@ class FailingStore:
 async def test_store_failure_raises_store_error(tmp_path: Path, clock: Clock) -> None:
     (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
     policy = ActivePolicy(CompiledPolicy.build(load_policy(tmp_path)))
-    engine = DecisionEngine(policy, FailingStore(), Telemetry.disabled())
+    telemetry = Telemetry.disabled()
+    counter = LimitCounter(FailingStore(), telemetry, CountingSettings())
+    engine = DecisionEngine(policy, counter, telemetry)
     with pytest.raises(StoreError):
         await engine.decide(query([("generic_key", "two")]))
-    assert not engine.store_health.healthy
+    assert not counter.health.healthy
     # Unlimited and unmatched descriptors never touch the store.
     assert (await engine.decide(query([("generic_key", "free")]))).code is Code.OK

@@ -20,9 +20,11 @@ from ratelimit_ext.authn import AuthSettings
 from ratelimit_ext.errors import PolicyError
 from ratelimit_ext.policy.keys import hash_key
 from ratelimit_ext.policy.loader import load_policy
+from ratelimit_ext.policy.model import FailurePolicy
 
 ENV_PREFIX = "RATELIMIT_EXT_"
 TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -31,6 +33,16 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _env_flag(name: str) -> bool:
     return (_env(name) or "").strip().lower() in TRUE_WORDS
+
+
+def _env_switch(name: str, default: bool) -> bool:
+    """An on/off variable: a TRUE_WORDS value, a FALSE_WORDS value, or unset."""
+    value = (_env(name) or "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    return default
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,6 +78,34 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore
         action="store_true",
         default=_env_flag("RATELIMIT_HEADERS"),
         help="add RateLimit-* response headers [env RATELIMIT_EXT_RATELIMIT_HEADERS]",
+    )
+    serve.add_argument(
+        "--store-timeout",
+        type=float,
+        default=float(_env("STORE_TIMEOUT", "0.015") or 0.015),
+        help="seconds a store call may take (default %(default)s)"
+        " [env RATELIMIT_EXT_STORE_TIMEOUT]",
+    )
+    serve.add_argument(
+        "--failure-policy",
+        choices=[policy.value for policy in FailurePolicy],
+        default=_env("FAILURE_POLICY", "unavailable"),
+        help="when the store fails, for domains without their own"
+        " failure_policy (default %(default)s) [env RATELIMIT_EXT_FAILURE_POLICY]",
+    )
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=int(_env("REPLICAS", "1") or 1),
+        help="server replicas sharing the store; the 'local' failure policy"
+        " enforces limit/replicas (default %(default)s) [env RATELIMIT_EXT_REPLICAS]",
+    )
+    serve.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=_env_switch("WATCH", default=True),
+        help="reload the policy when its files change (default on)"
+        " [env RATELIMIT_EXT_WATCH]",
     )
     serve.add_argument("--api-key-header", default=_env("API_KEY_HEADER", "x-api-key"))
     serve.add_argument(
@@ -124,12 +164,16 @@ def _hash_key(key: str | None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ratelimit_ext.counting import CountingSettings
     from ratelimit_ext.server import ServeSettings, serve
+    from ratelimit_ext.store.guard import GuardSettings
 
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # watchfiles logs every batch of changes at INFO; the reloader logs outcomes
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     if not args.config:
         print("serve: --config (or RATELIMIT_EXT_CONFIG) is required", file=sys.stderr)
         return 2
@@ -143,6 +187,12 @@ def _serve(args: argparse.Namespace) -> int:
             shadow_mode=args.shadow_mode,
             ratelimit_headers=args.ratelimit_headers,
             grace_seconds=args.grace,
+            watch=args.watch,
+            counting=CountingSettings(
+                failure_policy=FailurePolicy(args.failure_policy),
+                replicas=args.replicas,
+            ),
+            guard=GuardSettings(timeout_seconds=args.store_timeout),
             auth=AuthSettings(
                 api_key_header=args.api_key_header,
                 identity_header=args.identity_header,

@@ -1,35 +1,28 @@
 """The decision engine: from a rate-limit question to a verdict.
 
-This is the one place that turns matched rules into counter requests and
-counter results into per-descriptor answers. It knows nothing of gRPC or of
-any particular store: the service adapters translate protos into
-``RateLimitQuery`` and back, and the store behind ``Store`` does the counting.
-A ``StoreError`` is not handled here; the adapters decide what a failure means.
+This is the one place that turns a request's descriptors into limits: the
+matching rule, overrides, ``unlimited``, tier windows, business rules and
+``replaces``; then, from the per-descriptor verdicts of ``LimitCounter``, the
+overall code (shadow rules, quota mode, the global shadow switch). It knows
+nothing of gRPC or of stores: the service adapters translate protos into
+``RateLimitQuery`` and back. A ``StoreError`` that the failure policy turns
+into ``unavailable`` comes out of ``decide`` for the adapters to answer.
 """
 
 from __future__ import annotations
 
-import enum
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ratelimit_ext.errors import StoreError
+from ratelimit_ext.counting import LimitCounter, Limited
 from ratelimit_ext.policy.compiled import ActivePolicy, CompiledDomain
 from ratelimit_ext.policy.model import Window
 from ratelimit_ext.policy.rules import Caller
-from ratelimit_ext.store.base import CounterRequest, CounterResult, Store
-from ratelimit_ext.store.health import StoreHealth
 from ratelimit_ext.telemetry import Telemetry
+from ratelimit_ext.verdict import NO_LIMIT, UNLIMITED, Code, DescriptorVerdict, Verdict
 
-UNLIMITED_REMAINING = 4_294_967_295
 UNKNOWN_DOMAIN = "_unknown"
 """Metric label for domains the policy does not define (request-chosen text)."""
-
-
-class Code(enum.Enum):
-    OK = 1
-    OVER_LIMIT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,55 +41,6 @@ class RateLimitQuery:
     hits: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class DescriptorVerdict:
-    """The answer for one descriptor.
-
-    ``window`` is the limit reported back (``current_limit``): the window that
-    refused the request, or else the one closest to its limit. ``None`` means
-    no limit applied (then ``remaining`` is 0, or ``UNLIMITED_REMAINING`` for an
-    ``unlimited`` rule).
-    """
-
-    code: Code
-    window: Window | None = None
-    name: str | None = None
-    remaining: int = 0
-    reset_seconds: float = 0.0
-    over_limit: bool = False
-    quota_mode: bool = False
-
-
-NO_LIMIT = DescriptorVerdict(Code.OK)
-UNLIMITED = DescriptorVerdict(Code.OK, remaining=UNLIMITED_REMAINING)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    code: Code
-    descriptors: tuple[DescriptorVerdict, ...]
-
-    def tightest(self) -> DescriptorVerdict | None:
-        """The limited descriptor closest to (or furthest over) its limit."""
-        limited = [d for d in self.descriptors if d.window is not None]
-        if not limited:
-            return None
-        return min(limited, key=lambda d: (d.remaining, -d.reset_seconds))
-
-
-@dataclass(frozen=True, slots=True)
-class _Resolved:
-    """A descriptor whose limit is known and must be counted."""
-
-    windows: tuple[Window, ...]
-    name: str | None
-    subject: str
-    hits: int
-    shadow: bool = False
-    quota_mode: bool = False
-    replaces: tuple[str, ...] = ()
-
-
 def subject_of(*parts: str) -> str:
     """An unambiguous counter subject: each part length-prefixed."""
     return "".join(f"{len(part)}:{part}" for part in parts)
@@ -108,16 +52,15 @@ class DecisionEngine:
     def __init__(
         self,
         policy: ActivePolicy,
-        store: Store,
+        counter: LimitCounter,
         telemetry: Telemetry,
         *,
         shadow_mode: bool = False,
     ) -> None:
         self._policy = policy
-        self._store = store
+        self.counter = counter
         self._telemetry = telemetry
         self._shadow_mode = shadow_mode
-        self.store_health = StoreHealth(store.name)
 
     async def decide(
         self, query: RateLimitQuery, caller: Caller | None = None
@@ -133,11 +76,10 @@ class DecisionEngine:
             self._resolve(compiled, query, d, caller) for d in query.descriptors
         ]
         _apply_replaces(resolved)
-        counted = [r for r in resolved if isinstance(r, _Resolved)]
-        results = iter(await self._count(counted))
+        limited = [r for r in resolved if isinstance(r, Limited)]
+        counted = iter(await self.counter.count(compiled.domain, limited))
         verdicts = tuple(
-            _verdict(r, next(results)) if isinstance(r, _Resolved) else r
-            for r in resolved
+            next(counted) if isinstance(r, Limited) else r for r in resolved
         )
         verdict = Verdict(self._overall(verdicts), verdicts)
         self._telemetry.record_decision(query.domain, verdict.code.name)
@@ -151,9 +93,8 @@ class DecisionEngine:
             return Verdict(Code.OK, (NO_LIMIT,))
         windows = compiled.rules.apply(windows, None, caller, ())
         subject = subject_of("check", domain, caller.identity)
-        resolved = _Resolved(windows, caller.tier, subject, hits)
-        (result,) = await self._count([resolved])
-        verdict = _verdict(resolved, result)
+        limited = Limited(windows, caller.tier, subject, hits)
+        (verdict,) = await self.counter.count(compiled.domain, [limited])
         code = Code.OK if self._shadow_mode else verdict.code
         self._telemetry.record_decision(domain, code.name)
         return Verdict(code, (verdict,))
@@ -186,7 +127,7 @@ class DecisionEngine:
         query: RateLimitQuery,
         descriptor: DescriptorQuery,
         caller: Caller,
-    ) -> _Resolved | DescriptorVerdict:
+    ) -> Limited | DescriptorVerdict:
         hits = query.hits if descriptor.hits is None else descriptor.hits
         if descriptor.override is not None:
             override = descriptor.override
@@ -195,7 +136,7 @@ class DecisionEngine:
                 *_flatten(descriptor.entries),
                 f"override:{override.limit}/{override.unit.name}",
             )
-            return _Resolved((override,), None, subject, hits)
+            return Limited((override,), None, subject, hits)
         match = compiled.matcher.match(descriptor.entries)
         if match is None or match.rule.rate_limit is None:
             return NO_LIMIT
@@ -212,7 +153,7 @@ class DecisionEngine:
             )
         if not windows:
             return NO_LIMIT
-        return _Resolved(
+        return Limited(
             windows=windows,
             name=rate_limit.name,
             subject=subject_of(query.domain, *_flatten(match.counted_entries)),
@@ -221,21 +162,6 @@ class DecisionEngine:
             quota_mode=match.rule.quota_mode,
             replaces=rate_limit.replaces,
         )
-
-    async def _count(self, resolved: Sequence[_Resolved]) -> list[CounterResult]:
-        if not resolved:
-            return []
-        requests = [CounterRequest(r.subject, r.windows, r.hits) for r in resolved]
-        started = time.perf_counter()
-        try:
-            results = await self._store.hit(requests)
-        except StoreError as exc:
-            self._telemetry.record_store(time.perf_counter() - started, ok=False)
-            self.store_health.failed(exc)
-            raise
-        self._telemetry.record_store(time.perf_counter() - started, ok=True)
-        self.store_health.succeeded()
-        return results
 
     def _overall(self, verdicts: Sequence[DescriptorVerdict]) -> Code:
         if self._shadow_mode:
@@ -267,32 +193,11 @@ def _tier_windows(compiled: CompiledDomain, name: str | None) -> tuple[Window, .
     return tier.windows if tier is not None else ()
 
 
-def _apply_replaces(resolved: list[_Resolved | DescriptorVerdict]) -> None:
+def _apply_replaces(resolved: list[Limited | DescriptorVerdict]) -> None:
     """Drop every limit named by another matched limit's ``replaces``."""
-    replaced = {
-        name for r in resolved if isinstance(r, _Resolved) for name in r.replaces
-    }
+    replaced = {name for r in resolved if isinstance(r, Limited) for name in r.replaces}
     if not replaced:
         return
     for index, r in enumerate(resolved):
-        if isinstance(r, _Resolved) and r.name in replaced:
+        if isinstance(r, Limited) and r.name in replaced:
             resolved[index] = NO_LIMIT
-
-
-def _verdict(resolved: _Resolved, result: CounterResult) -> DescriptorVerdict:
-    pairs = list(zip(resolved.windows, result.windows, strict=True))
-    if result.allowed:
-        window, state = min(pairs, key=lambda p: (p[1].remaining, p[1].reset_seconds))
-    else:
-        refused = [p for p in pairs if not p[1].allowed] or pairs
-        window, state = max(refused, key=lambda p: p[1].reset_seconds)
-    over = not result.allowed
-    return DescriptorVerdict(
-        code=Code.OVER_LIMIT if over and not resolved.shadow else Code.OK,
-        window=window,
-        name=resolved.name,
-        remaining=0 if over else state.remaining,
-        reset_seconds=state.reset_seconds,
-        over_limit=over,
-        quota_mode=resolved.quota_mode,
-    )

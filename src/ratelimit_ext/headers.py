@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ratelimit_ext.decision import Code, DescriptorVerdict, Verdict
+from ratelimit_ext.verdict import Code, DescriptorVerdict, Verdict
 
 
 def _reset(descriptor: DescriptorVerdict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +22,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ratelimit_ext.authn import AuthSettings
+from ratelimit_ext.counting import CountingSettings, LimitCounter
 from ratelimit_ext.decision import DecisionEngine
 from ratelimit_ext.policy.compiled import ActivePolicy, CompiledPolicy
 from ratelimit_ext.policy.loader import load_policy
+from ratelimit_ext.policy.reload import PolicyReloader
 from ratelimit_ext.service import authorization, ratelimit
 from ratelimit_ext.service.handlers import unary_service
 from ratelimit_ext.service.limits import RequestLimits
 from ratelimit_ext.store.base import Store
+from ratelimit_ext.store.guard import GuardedStore, GuardSettings
 from ratelimit_ext.store.url import open_store, redact_url
 from ratelimit_ext.telemetry import PrometheusEndpoint, Telemetry
 
@@ -53,7 +57,10 @@ class ServeSettings:
     metrics_listen: str | None = "127.0.0.1:9090"
     shadow_mode: bool = False
     ratelimit_headers: bool = False
+    watch: bool = True
     grace_seconds: float = 10.0
+    counting: CountingSettings = field(default_factory=CountingSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: RequestLimits = field(default_factory=RequestLimits)
 
@@ -72,13 +79,21 @@ class Sidecar:
         self.settings = settings
         self.policy = ActivePolicy(CompiledPolicy.build(load_policy(settings.config)))
         self._metrics = _metrics_endpoint(settings.metrics_listen)
-        self.store: Store = open_store(settings.store)
+        self.store = _guarded(open_store(settings.store), settings.guard)
         provider = self._metrics.provider() if self._metrics else None
         self.telemetry = (
             Telemetry(provider, self.store.name) if provider else Telemetry.disabled()
         )
+        counter = LimitCounter(self.store, self.telemetry, settings.counting)
         self.engine = DecisionEngine(
-            self.policy, self.store, self.telemetry, shadow_mode=settings.shadow_mode
+            self.policy, counter, self.telemetry, shadow_mode=settings.shadow_mode
+        )
+        loaded = self.policy.current.policy
+        self.telemetry.record_policy_in_force(loaded.digest, time.time())
+        self.reloader = (
+            PolicyReloader(settings.config, self.policy, self.telemetry)
+            if settings.watch
+            else None
         )
         self.health = health.aio.HealthServicer()
         self.server = self._build_server()
@@ -125,6 +140,8 @@ class Sidecar:
         return server
 
     async def start(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.start()
         self.port = self.server.add_insecure_port(self.settings.listen)
         await self.server.start()
         for service in ("", ratelimit.SERVICE_NAME, authorization.SERVICE_NAME):
@@ -142,6 +159,8 @@ class Sidecar:
 
     async def stop(self) -> None:
         logger.info("shutting down, grace %.1fs", self.settings.grace_seconds)
+        if self.reloader is not None:
+            await self.reloader.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds)
         await self.store.close()
@@ -149,6 +168,13 @@ class Sidecar:
         if self._metrics is not None:
             self._metrics.close()
         logger.info("stopped")
+
+
+def _guarded(store: Store, settings: GuardSettings) -> Store:
+    """Remote stores get a deadline and a circuit breaker; memory needs none."""
+    if store.name == "memory":
+        return store
+    return GuardedStore(store, settings)
 
 
 def _metrics_endpoint(listen: str | None) -> PrometheusEndpoint | None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
@@ -39,9 +41,12 @@ LATENCY_BUCKETS = (
 class Telemetry:
     """Named recording calls over an OpenTelemetry meter."""
 
-    def __init__(self, provider: MeterProvider, store_name: str = "memory") -> None:
+    def __init__(
+        self, provider: metrics.MeterProvider, store_name: str = "memory"
+    ) -> None:
         self._provider = provider
         self._store = {"store": store_name}
+        self._decision_attributes: dict[tuple[str, str], dict[str, str]] = {}
         meter = provider.get_meter("ratelimit_ext", __version__)
         self._decisions = meter.create_counter(
             "ratelimit_ext.decisions",
@@ -64,19 +69,41 @@ class Telemetry:
             unit="{call}",
             description="Calls answered with a gRPC error status",
         )
+        self._failure_policy = meter.create_counter(
+            "ratelimit_ext.failure_policy.decisions",
+            unit="{descriptor}",
+            description="Descriptors decided by the failure policy (store down)",
+        )
         self._authz = meter.create_counter(
             "ratelimit_ext.authz.checks",
             unit="{check}",
             description="Authorization checks by result",
         )
+        self._reloads = meter.create_counter(
+            "ratelimit_ext.policy.reloads",
+            unit="{reload}",
+            description="Changed policy files found on disk, by outcome (ok, failed)",
+        )
+        self._policy_in_force: tuple[str, float] | None = None
+        meter.create_observable_gauge(
+            "ratelimit_ext.policy.loaded",
+            callbacks=[self._observe_policy],
+            unit="s",
+            description="When the policy in force was loaded (Unix time), by digest",
+        )
 
     @classmethod
     def disabled(cls) -> Telemetry:
-        """Instruments that record into a provider nobody reads."""
-        return cls(MeterProvider())
+        """Instruments that record nothing and cost next to nothing."""
+        return cls(metrics.NoOpMeterProvider())
 
     def record_decision(self, domain: str, code: str) -> None:
-        self._decisions.add(1, {"domain": domain, "code": code})
+        key = (domain, code)
+        attributes = self._decision_attributes.get(key)
+        if attributes is None:
+            attributes = {"domain": domain, "code": code}
+            self._decision_attributes[key] = attributes
+        self._decisions.add(1, attributes)
 
     def record_store(self, seconds: float, *, ok: bool) -> None:
         self._store_latency.record(seconds, self._store)
@@ -86,11 +113,29 @@ class Telemetry:
     def record_rpc_error(self, method: str, status: str) -> None:
         self._rpc_errors.add(1, {"method": method, "status": status})
 
+    def record_failure_policy(self, policy: str, descriptors: int) -> None:
+        self._failure_policy.add(descriptors, {"policy": policy})
+
     def record_authz(self, result: str) -> None:
         self._authz.add(1, {"result": result})
 
+    def record_policy_reload(self, outcome: str) -> None:
+        self._reloads.add(1, {"outcome": outcome})
+
+    def record_policy_in_force(self, digest: str, loaded_at: float) -> None:
+        """The policy now served; only its 12-character digest prefix is exported."""
+        self._policy_in_force = (digest[:12], loaded_at)
+
+    def _observe_policy(self, _options: CallbackOptions) -> list[Observation]:
+        if self._policy_in_force is None:
+            return []
+        digest, loaded_at = self._policy_in_force
+
+        return [Observation(loaded_at, {"digest": digest})]
+
     def shutdown(self) -> None:
-        self._provider.shutdown()
+        if isinstance(self._provider, MeterProvider):
+            self._provider.shutdown()
 
 
 class PrometheusEndpoint:

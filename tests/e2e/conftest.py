@@ -34,7 +34,13 @@ def edge(
 
     with ExitStack() as stack:
         upstream = stack.enter_context(EchoUpstream())
-        server = stack.enter_context(ServerProcess(config, workdir, store=store))
+        # Envoy here waits up to 1 s; so may the store, on a CI machine whose two
+        # cores also run Envoy, Valkey and the test itself.
+        server = stack.enter_context(
+            ServerProcess(
+                config, workdir, store=store, extra_args=("--store-timeout", "0.5")
+            )
+        )
         bootstrap = edge_bootstrap(
             server_port=server.port, upstream_port=upstream.port, domain=DOMAIN
         )

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -158,6 +159,15 @@ class ValkeyServer:
         """Stop and start again on the same port; the data is lost."""
         self._halt()
         self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open but nothing answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def _launch(self, port: int) -> None:
         assert self._directory is not None

@@ -11,7 +11,13 @@ import pytest
 from ratelimit_ext.errors import PolicyError, Problem
 from ratelimit_ext.policy.keys import hash_key
 from ratelimit_ext.policy.loader import load_policy
-from ratelimit_ext.policy.model import Algorithm, RuleAction, Unit, Window
+from ratelimit_ext.policy.model import (
+    Algorithm,
+    FailurePolicy,
+    RuleAction,
+    Unit,
+    Window,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DIGEST_A = "a" * 64
@@ -1218,3 +1224,15 @@ def test_example_api_keys_match_the_documented_demo_keys(key: str) -> None:
 def test_hash_key_vectors(key: str, digest: str) -> None:
     """hash_key is the SHA-256 hex digest of the key's UTF-8 bytes."""
     assert hash_key(key) == digest
+
+
+def test_failure_policy_is_parsed(tmp_path: Path) -> None:
+    """A domain's failure_policy is read case-insensitively."""
+    path = write(tmp_path, "p.yaml", "domain: d\nfailure_policy: Local\n")
+    assert load_policy(path).domains[0].failure_policy is FailurePolicy.LOCAL
+
+
+def test_unknown_failure_policy(tmp_path: Path) -> None:
+    """An unknown failure_policy lists the valid ones."""
+    path = write(tmp_path, "p.yaml", "domain: d\nfailure_policy: retry\n")
+    assert_only_problem(path, 2, "expected one of: unavailable, allow, deny, local")

@@ -12,7 +12,13 @@ from collections.abc import Iterable
 from yaml import Node
 
 from ratelimit_ext.policy.limits_parser import parse_rate_limit, parse_tiers
-from ratelimit_ext.policy.model import DescriptorRule, Domain, Source, Tier
+from ratelimit_ext.policy.model import (
+    DescriptorRule,
+    Domain,
+    FailurePolicy,
+    Source,
+    Tier,
+)
 from ratelimit_ext.policy.rules_parser import parse_rules
 from ratelimit_ext.policy.yaml_nodes import (
     Reader,
@@ -31,6 +37,7 @@ _DOMAIN_FIELDS = (
     "default_tier",
     "tiers",
     "rules",
+    "failure_policy",
 )
 _DESCRIPTOR_FIELDS = (
     "key",
@@ -70,8 +77,26 @@ def parse_domain(reader: Reader, root: Node) -> Domain | None:
         tier_key=optional_name(reader, fields, "tier_key") or "tier",
         identity_key=optional_name(reader, fields, "identity_key") or "user_id",
         rules=rules,
+        failure_policy=_parse_failure_policy(reader, fields),
         source=reader.source(fields["domain"]),
     )
+
+
+def _parse_failure_policy(
+    reader: Reader, fields: dict[str, Node]
+) -> FailurePolicy | None:
+    node = optional(fields, "failure_policy")
+    text = None if node is None else reader.text(node, "failure_policy")
+    if node is None or text is None:
+        return None
+    try:
+        return FailurePolicy(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(policy.value for policy in FailurePolicy)
+        reader.report(
+            node, f"unknown failure_policy {text!r}; expected one of: {choices}"
+        )
+        return None
 
 
 def _parse_default_tier(

@@ -121,6 +121,21 @@ class Tier:
     source: Source | None = None
 
 
+class FailurePolicy(enum.Enum):
+    """What a decision is when the counter store cannot answer.
+
+    ``unavailable`` (the default) answers gRPC UNAVAILABLE so that Envoy's
+    ``failure_mode_deny`` decides; ``allow`` fails open; ``deny`` answers
+    OVER_LIMIT; ``local`` counts in process memory with every limit divided
+    by the number of server replicas until the store answers again.
+    """
+
+    UNAVAILABLE = "unavailable"
+    ALLOW = "allow"
+    DENY = "deny"
+    LOCAL = "local"
+
+
 class RuleAction(enum.Enum):
     MULTIPLY = "multiply"
     ADD = "add"
@@ -153,6 +168,7 @@ class Domain:
     tier_key: str = "tier"
     identity_key: str = "user_id"
     rules: tuple[BusinessRule, ...] = ()
+    failure_policy: FailurePolicy | None = None
     source: Source | None = None
 
     def tier(self, name: str | None) -> Tier | None:

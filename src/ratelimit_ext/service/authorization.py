@@ -21,12 +21,13 @@ from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2, status_pb2
 
 from ratelimit_ext.authn import AuthSettings, caller_of, lookup, presented_key
-from ratelimit_ext.decision import Code, DecisionEngine, Verdict
+from ratelimit_ext.decision import DecisionEngine
 from ratelimit_ext.errors import StoreError
 from ratelimit_ext.headers import ratelimit_headers
 from ratelimit_ext.policy.compiled import ActivePolicy
 from ratelimit_ext.policy.rules import Caller
 from ratelimit_ext.telemetry import Telemetry
+from ratelimit_ext.verdict import Code, Verdict
 
 logger = logging.getLogger(__name__)
 

@@ -14,19 +14,13 @@ import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from ratelimit_ext.decision import (
-    Code,
-    DecisionEngine,
-    DescriptorQuery,
-    DescriptorVerdict,
-    RateLimitQuery,
-    Verdict,
-)
+from ratelimit_ext.decision import DecisionEngine, DescriptorQuery, RateLimitQuery
 from ratelimit_ext.errors import StoreError
 from ratelimit_ext.headers import ratelimit_headers
 from ratelimit_ext.policy.model import Unit, Window
 from ratelimit_ext.service.limits import InvalidRequest, RequestLimits
 from ratelimit_ext.telemetry import Telemetry
+from ratelimit_ext.verdict import Code, DescriptorVerdict, Verdict
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,169 @@
+"""From limits to verdicts: the store, the over-limit cache, the failure policy.
+
+``LimitCounter.count`` takes the limited descriptors of one decision, answers
+those the over-limit cache already knows to be over, sends the rest to the
+store in one call, and turns results into verdicts. When the store fails the
+domain's failure policy (or the server's default) decides, and every such
+decision is counted in a metric.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from ratelimit_ext.errors import StoreError
+from ratelimit_ext.overlimit import OverLimitCache
+from ratelimit_ext.policy.model import Domain, FailurePolicy, Window
+from ratelimit_ext.store.base import CounterRequest, CounterResult, Store
+from ratelimit_ext.store.health import StoreHealth
+from ratelimit_ext.store.memory import MemoryStore
+from ratelimit_ext.telemetry import Telemetry
+from ratelimit_ext.verdict import NO_LIMIT, Code, DescriptorVerdict
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A descriptor whose windows are known and must be counted."""
+
+    windows: tuple[Window, ...]
+    name: str | None
+    subject: str
+    hits: int
+    shadow: bool = False
+    quota_mode: bool = False
+    replaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CountingSettings:
+    failure_policy: FailurePolicy = FailurePolicy.UNAVAILABLE
+    replicas: int = 1
+    overlimit_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError("replicas must be at least 1")
+
+
+class LimitCounter:
+    def __init__(
+        self,
+        store: Store,
+        telemetry: Telemetry,
+        settings: CountingSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._telemetry = telemetry
+        self._settings = settings
+        self._clock = clock
+        self.cache = OverLimitCache(clock) if settings.overlimit_cache else None
+        self.health = StoreHealth(store.name)
+        self._local: MemoryStore | None = None
+
+    async def count(
+        self, domain: Domain | None, limited: Sequence[Limited]
+    ) -> list[DescriptorVerdict]:
+        verdicts: list[DescriptorVerdict | None] = [
+            self._cached(item) for item in limited
+        ]
+        pending = [i for i, v in zip(limited, verdicts, strict=True) if v is None]
+        if not pending:
+            return [v for v in verdicts if v is not None]
+        fresh = iter(await self._count_in_store(domain, pending))
+        return [next(fresh) if v is None else v for v in verdicts]
+
+    def _cached(self, item: Limited) -> DescriptorVerdict | None:
+        if self.cache is None:
+            return None
+        found = self.cache.lookup(item.subject, item.windows, item.hits)
+        if found is None:
+            return None
+        window, seconds_left = found
+        return _over(item, window, seconds_left)
+
+    async def _count_in_store(
+        self, domain: Domain | None, items: Sequence[Limited]
+    ) -> list[DescriptorVerdict]:
+        requests = [CounterRequest(i.subject, i.windows, i.hits) for i in items]
+        started = time.perf_counter()
+        try:
+            results = await self._store.hit(requests)
+        except StoreError as exc:
+            self._telemetry.record_store(time.perf_counter() - started, ok=False)
+            self.health.failed(exc)
+            return await self._degraded(domain, items, exc)
+        self._telemetry.record_store(time.perf_counter() - started, ok=True)
+        self.health.succeeded()
+        if self.cache is not None:
+            for item, result in zip(items, results, strict=True):
+                if not result.allowed:
+                    self.cache.remember(item.subject, item.windows, item.hits, result)
+        return [verdict_of(i, r) for i, r in zip(items, results, strict=True)]
+
+    async def _degraded(
+        self, domain: Domain | None, items: Sequence[Limited], error: StoreError
+    ) -> list[DescriptorVerdict]:
+        """Verdicts under the failure policy; re-raises for ``unavailable``."""
+        policy = (domain and domain.failure_policy) or self._settings.failure_policy
+        self._telemetry.record_failure_policy(policy.value, len(items))
+        if policy is FailurePolicy.UNAVAILABLE:
+            raise error
+        if policy is FailurePolicy.ALLOW:
+            return [NO_LIMIT for _ in items]
+        if policy is FailurePolicy.DENY:
+            return [_over(i, i.windows[0], self._until_window_end(i)) for i in items]
+        local = [self._share(item) for item in items]
+        requests = [CounterRequest(i.subject, i.windows, i.hits) for i in local]
+        results = await self._local_store().hit(requests)
+        return [verdict_of(i, r) for i, r in zip(local, results, strict=True)]
+
+    def _share(self, item: Limited) -> Limited:
+        """This replica's share of every limit: ceil(limit / replicas)."""
+        replicas = self._settings.replicas
+        windows = tuple(
+            replace(w, limit=math.ceil(w.limit / replicas)) for w in item.windows
+        )
+        return replace(item, windows=windows)
+
+    def _local_store(self) -> MemoryStore:
+        if self._local is None:
+            self._local = MemoryStore(self._clock)
+        return self._local
+
+    def _until_window_end(self, item: Limited) -> float:
+        period = item.windows[0].unit.seconds
+        return period - self._clock() % period
+
+
+def _over(item: Limited, window: Window, reset_seconds: float) -> DescriptorVerdict:
+    return DescriptorVerdict(
+        code=Code.OK if item.shadow else Code.OVER_LIMIT,
+        window=window,
+        name=item.name,
+        remaining=0,
+        reset_seconds=reset_seconds,
+        over_limit=True,
+        quota_mode=item.quota_mode,
+    )
+
+
+def verdict_of(item: Limited, result: CounterResult) -> DescriptorVerdict:
+    """The refusing window (longest reset), else the one closest to its limit."""
+    pairs = list(zip(item.windows, result.windows, strict=True))
+    if not result.allowed:
+        refused = [p for p in pairs if not p[1].allowed] or pairs
+        window, state = max(refused, key=lambda p: p[1].reset_seconds)
+        return _over(item, window, state.reset_seconds)
+    window, state = min(pairs, key=lambda p: (p[1].remaining, p[1].reset_seconds))
+    return DescriptorVerdict(
+        code=Code.OK,
+        window=window,
+        name=item.name,
+        remaining=state.remaining,
+        reset_seconds=state.reset_seconds,
+        quota_mode=item.quota_mode,
+    )
