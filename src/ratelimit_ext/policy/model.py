@@ -193,12 +193,81 @@ class ApiKey:
         return f"ApiKey(identity={self.identity!r}, sha256={self.sha256[:8]}...)"
 
 
+class BypassMode(enum.Enum):
+    FULL = "full"
+    PARTIAL = "partial"
+
+
+@dataclass(frozen=True, slots=True)
+class BypassSubject:
+    """Who or what a grant covers: exactly one of the fields is set.
+
+    ``descriptor`` is a domain plus the entries of a request descriptor
+    (``((key, value), ...)``; a value of ``None`` matches any value).
+    """
+
+    identity: str | None = None
+    api_key_sha256: str | None = None
+    tier: str | None = None
+    domain: str | None = None
+    descriptor: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BypassGrant:
+    """A temporary exemption from limits, with who asked, why and until when.
+
+    ``full`` lifts the limits; ``partial`` multiplies them by ``factor``. A
+    grant counts only between ``starts_at`` and ``expires_at`` (Unix seconds),
+    and, when ``requires_approval``, only once ``approved_by`` is set (by an
+    actor other than ``actor``).
+    """
+
+    id: str
+    subject: BypassSubject
+    mode: BypassMode
+    reason: str
+    actor: str
+    starts_at: float
+    expires_at: float
+    factor: float = 1.0
+    requires_approval: bool = False
+    approved_by: str | None = None
+    source: Source | None = None
+
+    def active(self, now: float) -> bool:
+        approved = not self.requires_approval or self.approved_by is not None
+        return approved and self.starts_at <= now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyLevel:
+    """Let ``percent`` of identities (stable hashing) bypass limits until expiry.
+
+    ``domain`` of ``None`` applies to every domain.
+    """
+
+    id: str
+    percent: float
+    reason: str
+    actor: str
+    starts_at: float
+    expires_at: float
+    domain: str | None = None
+    source: Source | None = None
+
+    def active(self, now: float) -> bool:
+        return self.starts_at <= now < self.expires_at
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Everything loaded from one config path, validated together."""
 
     domains: tuple[Domain, ...] = ()
     api_keys: tuple[ApiKey, ...] = ()
+    bypass_grants: tuple[BypassGrant, ...] = ()
+    emergency_levels: tuple[EmergencyLevel, ...] = ()
     files: tuple[str, ...] = ()
     digest: str = ""
     by_domain: dict[str, Domain] = field(default_factory=dict, compare=False)
