@@ -1,1 +1,1 @@
-"""Counter stores: in-process memory and Redis (standalone, later Cluster)."""
+"""Counter stores: in-process memory, Redis and Redis Cluster."""

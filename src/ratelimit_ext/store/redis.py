@@ -4,7 +4,8 @@ One ``hit`` call is one round trip: a non-transactional pipeline holding one
 ``EVALSHA`` of ``lua/hit.lua`` per ``CounterRequest``. The script checks every
 window of its subject and commits all of them or none, atomically. The script
 is called by its SHA1; after ``NOSCRIPT`` (a ``SCRIPT FLUSH``, a restart, a
-failover to a fresh node) it is loaded and the affected calls are re-sent.
+failover to a fresh node) the affected calls are re-sent as ``EVAL`` with the
+script's text, which loads it for the calls after them.
 
 Keys: ``<prefix>:{<tag>}:<alg>:<unit seconds>``, one hash per window, where
 ``tag`` is the first 8 bytes of the subject's BLAKE2b digest in hex. All keys
@@ -13,7 +14,8 @@ crosses slots. Hash fields: fixed window ``s`` (window start) and ``c``
 (count); sliding window ``s``, ``c`` and ``p`` (previous window's count);
 token bucket ``t`` (tokens), ``ts`` (when they were counted) and ``x`` (when
 the bucket is full again). The script sets each key's expiry in the same
-call that writes it, so no key ever lives without a TTL.
+call that writes it, so no key ever lives without a TTL. The script, its
+calls and replies are shared with the cluster store (``script.py``).
 
 Time: by default the script reads the server's ``TIME``, so every replica of
 this service counts against one clock (needs Redis >= 5 or Valkey, where
@@ -29,38 +31,27 @@ so the caller's failure policy decides. Every backend failure is raised as
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from ratelimit_ext.errors import StoreError
-from ratelimit_ext.policy.model import Algorithm, Window
-from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult, WindowResult
-
-logger = logging.getLogger(__name__)
-
-_ALGORITHM_CODES = {
-    Algorithm.FIXED_WINDOW: "fw",
-    Algorithm.SLIDING_WINDOW: "sw",
-    Algorithm.TOKEN_BUCKET: "tb",
-}
-
-_Call = tuple[list[str], list[str]]
-"""The KEYS and ARGV of one script call."""
-
-_NO_WINDOWS = CounterResult(True, ())
-"""The result of a request without windows: nothing to count, admitted."""
+from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult
+from ratelimit_ext.store.script import (
+    NO_WINDOWS,
+    Call,
+    build_call,
+    counter_keys,
+    counter_script,
+    parse_result,
+    reconnect_once,
+    send_calls,
+)
 
 
 class RedisStore:
@@ -81,15 +72,14 @@ class RedisStore:
     ) -> None:
         self._clock = clock
         self._prefix = key_prefix
-        self._script = _script_text()
-        self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+        self._script = counter_script()
         self._pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
             timeout=timeout,
             socket_connect_timeout=connect_timeout,
             socket_timeout=timeout,
-            retry=retry or _reconnect_once(),
+            retry=retry or reconnect_once(),
         )
         self._client = Redis.from_pool(self._pool)
         self._where = _describe(self._pool)
@@ -100,58 +90,38 @@ class RedisStore:
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         now = "" if self._clock is None else repr(self._clock())
-        calls = [self._call(request, now) for request in requests]
+        calls = [build_call(request, now, self._prefix) for request in requests]
         pending = [i for i, call in enumerate(calls) if call[0]]
         with self._translated():
             replies = await self._run([calls[i] for i in pending])
 
-        results = [_NO_WINDOWS] * len(requests)
+        results = [NO_WINDOWS] * len(requests)
         for index, reply in zip(pending, replies, strict=True):
-            results[index] = _result(reply)
+            results[index] = parse_result(reply)
         return results
+
+    async def reset(self, subjects: Sequence[str]) -> int:
+        """Delete every counter key of ``subjects`` (one ``DEL``)."""
+        keys = [key for s in subjects for key in counter_keys(s, self._prefix)]
+        if not keys:
+            return 0
+        with self._translated():
+            removed = await self._client.delete(*keys)
+        return int(removed)
 
     async def close(self) -> None:
         with self._translated():
             await self._client.aclose()
 
-    def _call(self, request: CounterRequest, now: str) -> _Call:
-        tag = hashlib.blake2b(request.subject.encode(), digest_size=8).hexdigest()
-        keys: list[str] = []
-        args = [now, str(request.hits)]
-        for window in request.windows:
-            suffix, window_args = _window_parts(window)
-            keys.append(f"{self._prefix}:{{{tag}}}:{suffix}")
-            args.extend(window_args)
-        return keys, args
-
-    async def _run(self, calls: list[_Call]) -> list[Any]:
+    async def _run(self, calls: list[Call]) -> list[Any]:
         """Send all calls in one pipeline; load the script once if missing."""
         if not calls:
             return []
-        replies = await self._pipeline(calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            await self._load_script()
-            retried = await self._pipeline([calls[i] for i in missing])
-            for index, reply in zip(missing, retried, strict=True):
-                replies[index] = reply
+        replies = await send_calls(self._client, self._script, calls, where=self._where)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies
-
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
-
-    async def _load_script(self) -> None:
-        loaded = await self._client.script_load(self._script)
-        if _text(loaded) != self._sha:
-            raise StoreError(f"redis at {self._where} returned an unexpected SHA1")
-        logger.info("loaded the counter script into redis at %s", self._where)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -163,37 +133,6 @@ class RedisStore:
             if self._secret:
                 detail = detail.replace(self._secret, "***")
             raise StoreError(f"redis at {self._where} failed: {detail}") from exc
-
-
-def _reconnect_once() -> Retry:
-    """Re-send once after a connection error, at once; never after a timeout."""
-    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-
-
-@lru_cache(maxsize=4096)
-def _window_parts(window: Window) -> tuple[str, tuple[str, str, str, str]]:
-    """The key suffix and the script arguments of one window, computed once."""
-    code = _ALGORITHM_CODES[window.algorithm]
-    unit = window.unit.seconds
-    args = (code, str(window.limit), str(unit), str(window.capacity))
-    return f"{code}:{unit}", args
-
-
-def _result(reply: list[Any]) -> CounterResult:
-    windows = tuple(
-        WindowResult(bool(reply[i]), int(reply[i + 1]), float(_text(reply[i + 2])))
-        for i in range(1, len(reply), 3)
-    )
-    return CounterResult(bool(reply[0]), windows)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-@lru_cache(maxsize=1)
-def _script_text() -> str:
-    return resources.files("ratelimit_ext.store").joinpath("lua/hit.lua").read_text()
 
 
 def _describe(pool: BlockingConnectionPool) -> str:

@@ -1,8 +1,11 @@
 """Choose a store from a URL, and show URLs without their secrets.
 
 Accepted: ``memory`` (or ``memory://``), ``redis://[user:pass@]host[:port][/db]``
-and ``rediss://...`` (TLS). Query options of Redis URLs are passed on to
-redis-py. Always log a store URL through ``redact_url``.
+and ``rediss://...`` (TLS), and for Redis Cluster
+``redis+cluster://[user:pass@]host1:port1,host2:port2,...`` (seed nodes; the
+others are discovered) and ``rediss+cluster://...`` (TLS). Query options of
+Redis URLs are passed on to redis-py. Always log a store URL through
+``redact_url``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ratelimit_ext.store.base import Clock, Store
+from ratelimit_ext.store.cluster import SCHEMES as CLUSTER_SCHEMES
+from ratelimit_ext.store.cluster import RedisClusterStore
 from ratelimit_ext.store.memory import MemoryStore
 from ratelimit_ext.store.redis import RedisStore
 
@@ -27,10 +32,13 @@ def open_store(url: str, *, clock: Clock | None = None) -> Store:
     if text in ("memory", "memory://"):
         return MemoryStore() if clock is None else MemoryStore(clock)
     parts = urlsplit(text)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return RedisClusterStore(text, clock=clock)
     if parts.scheme not in _REDIS_SCHEMES:
         raise ValueError(
             f"store URL {redact_url(text)!r}: unknown scheme {parts.scheme!r}; "
-            "expected 'memory', 'redis://host:port[/db]' or 'rediss://...'"
+            "expected 'memory', 'redis://host:port[/db]', 'rediss://...' or "
+            "'redis+cluster://host1:port1,host2:port2,...'"
         )
     _check_redis_url(parts, redact_url(text))
 
