@@ -1,0 +1,1 @@
+"""The admin API: policy, bypass grants, overrides and counters, changed safely."""

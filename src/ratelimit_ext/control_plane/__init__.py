@@ -1,0 +1,1 @@
+"""The control plane: owns the generated policy files and publishes them."""
