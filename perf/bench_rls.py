@@ -231,6 +231,7 @@ def start_server(
         "--listen", address,
         "--store", store_arg,
         "--metrics-listen", "none",
+        "--admin-listen", "none",
         *args.server_arg,
     ]  # fmt: skip
     env = dict(os.environ)

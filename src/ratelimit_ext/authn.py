@@ -51,4 +51,4 @@ def lookup(policy: CompiledPolicy, key: str) -> ApiKey | None:
 
 
 def caller_of(record: ApiKey) -> Caller:
-    return Caller(record.identity, record.tier, dict(record.attributes))
+    return Caller(record.identity, record.tier, dict(record.attributes), record.sha256)

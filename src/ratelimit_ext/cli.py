@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ratelimit_ext import __version__
+from ratelimit_ext.admin import client_cli as admin_cli
+from ratelimit_ext.admin.settings import AdminSettings
 from ratelimit_ext.authn import AuthSettings
+from ratelimit_ext.control_plane import cli as control_plane_cli
 from ratelimit_ext.errors import PolicyError
 from ratelimit_ext.policy.keys import hash_key
 from ratelimit_ext.policy.loader import load_policy
@@ -87,6 +90,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore
         " [env RATELIMIT_EXT_STORE_TIMEOUT]",
     )
     serve.add_argument(
+        "--coalesce-window",
+        default=_env("COALESCE_WINDOW", "0"),
+        help="seconds concurrent store calls wait to share one round trip;"
+        " 0 = the same event-loop turn, 'off' disables (default %(default)s)"
+        " [env RATELIMIT_EXT_COALESCE_WINDOW]",
+    )
+    serve.add_argument(
         "--failure-policy",
         choices=[policy.value for policy in FailurePolicy],
         default=_env("FAILURE_POLICY", "unavailable"),
@@ -99,6 +109,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore
         default=int(_env("REPLICAS", "1") or 1),
         help="server replicas sharing the store; the 'local' failure policy"
         " enforces limit/replicas (default %(default)s) [env RATELIMIT_EXT_REPLICAS]",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", "1") or 1),
+        help="server processes sharing the --listen port (SO_REUSEPORT); above 1"
+        " needs a Redis store (default %(default)s) [env RATELIMIT_EXT_WORKERS]",
     )
     serve.add_argument(
         "--watch",
@@ -118,7 +135,51 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore
         default=float(_env("GRACE", "10") or 10),
         help="seconds in-flight calls get on shutdown (default %(default)s)",
     )
+    _admin_flags(serve)
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+
+
+def _admin_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--admin-listen",
+        default=_env("ADMIN_LISTEN", "127.0.0.1:8082"),
+        help="admin API HOST:PORT, or 'none' (default %(default)s)"
+        " [env RATELIMIT_EXT_ADMIN_LISTEN]",
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        default=_env("ADMIN_TOKEN_FILE"),
+        help="bearer token for the admin API; without it the admin port must be"
+        " loopback [env RATELIMIT_EXT_ADMIN_TOKEN_FILE]",
+    )
+    for name in ("cert", "key", "client-ca"):
+        env = "ADMIN_TLS_" + name.upper().replace("-", "_")
+        serve.add_argument(
+            f"--admin-tls-{name}",
+            default=_env(env),
+            help=f"admin API TLS {name} (PEM) [env RATELIMIT_EXT_{env}]",
+        )
+    serve.add_argument(
+        "--audit-log",
+        default=_env("AUDIT_LOG"),
+        help="admin audit file (default: audit.jsonl beside the config directory)"
+        " [env RATELIMIT_EXT_AUDIT_LOG]",
+    )
+
+
+def _admin_settings(args: argparse.Namespace) -> AdminSettings:
+    def path(text: str | None) -> Path | None:
+        return Path(text) if text else None
+
+    listen = None if args.admin_listen.lower() == "none" else args.admin_listen
+    return AdminSettings(
+        listen=listen,
+        token_file=path(args.admin_token_file),
+        tls_cert=path(args.admin_tls_cert),
+        tls_key=path(args.admin_tls_key),
+        tls_client_ca=path(args.admin_tls_client_ca),
+        audit_log=path(args.audit_log),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     hashing.add_argument(
         "key", nargs="?", help="the key (read from a prompt or stdin if omitted)"
     )
+    admin_cli.add_parser(commands)
+    control_plane_cli.add_parser(commands)
     return parser
 
 
@@ -163,10 +226,17 @@ def _hash_key(key: str | None) -> int:
     return 0
 
 
+def _coalesce_window(text: str) -> float | None:
+    if text.strip().lower() in {"off", "none", "false"}:
+        return None
+    return float(text)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ratelimit_ext.counting import CountingSettings
     from ratelimit_ext.server import ServeSettings, serve
     from ratelimit_ext.store.guard import GuardSettings
+    from ratelimit_ext.workers import supervise
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -193,13 +263,16 @@ def _serve(args: argparse.Namespace) -> int:
                 replicas=args.replicas,
             ),
             guard=GuardSettings(timeout_seconds=args.store_timeout),
+            coalesce_window=_coalesce_window(args.coalesce_window),
             auth=AuthSettings(
                 api_key_header=args.api_key_header,
                 identity_header=args.identity_header,
                 tier_header=args.tier_header,
             ),
+            workers=args.workers,
+            admin=_admin_settings(args),
         )
-        asyncio.run(serve(settings))
+        asyncio.run(supervise(settings) if settings.workers > 1 else serve(settings))
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -216,4 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "hash-key":
         return _hash_key(args.key)
+    if args.command == "admin":
+        return admin_cli.run(args)
+    if args.command == "control-plane":
+        return control_plane_cli.run(args)
     return _serve(args)

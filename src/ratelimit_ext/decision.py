@@ -1,22 +1,25 @@
 """The decision engine: from a rate-limit question to a verdict.
 
 This is the one place that turns a request's descriptors into limits: the
-matching rule, overrides, ``unlimited``, tier windows, business rules and
-``replaces``; then, from the per-descriptor verdicts of ``LimitCounter``, the
-overall code (shadow rules, quota mode, the global shadow switch). It knows
-nothing of gRPC or of stores: the service adapters translate protos into
-``RateLimitQuery`` and back. A ``StoreError`` that the failure policy turns
-into ``unavailable`` comes out of ``decide`` for the adapters to answer.
+matching rule, overrides, ``unlimited``, tier windows, business rules,
+``replaces`` and bypass grants; then, from the per-descriptor verdicts of
+``LimitCounter``, the overall code (shadow rules, quota mode, the global
+shadow switch). It knows nothing of gRPC or of stores: the service adapters
+translate protos into ``RateLimitQuery`` and back. A ``StoreError`` that the
+failure policy turns into ``unavailable`` comes out of ``decide`` for the
+adapters to answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from ratelimit_ext.counting import LimitCounter, Limited
+from ratelimit_ext.policy.bypass import Bypass, BypassIndex, scale_windows
 from ratelimit_ext.policy.compiled import ActivePolicy, CompiledDomain
-from ratelimit_ext.policy.model import Window
+from ratelimit_ext.policy.model import BypassMode, Window
 from ratelimit_ext.policy.rules import Caller
 from ratelimit_ext.telemetry import Telemetry
 from ratelimit_ext.verdict import NO_LIMIT, UNLIMITED, Code, DescriptorVerdict, Verdict
@@ -47,7 +50,10 @@ def subject_of(*parts: str) -> str:
 
 
 class DecisionEngine:
-    """Decides rate-limit queries against the active policy and a store."""
+    """Decides rate-limit queries against the active policy and a store.
+
+    ``clock`` (Unix seconds) decides which bypass grants are in force.
+    """
 
     def __init__(
         self,
@@ -56,11 +62,13 @@ class DecisionEngine:
         telemetry: Telemetry,
         *,
         shadow_mode: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = policy
         self.counter = counter
         self._telemetry = telemetry
         self._shadow_mode = shadow_mode
+        self._clock = clock
 
     async def decide(
         self, query: RateLimitQuery, caller: Caller | None = None
@@ -76,6 +84,9 @@ class DecisionEngine:
             self._resolve(compiled, query, d, caller) for d in query.descriptors
         ]
         _apply_replaces(resolved)
+        bypass = self._policy.current.bypass
+        if bypass is not None:
+            self._apply_bypass(bypass, query, caller, resolved)
         limited = [r for r in resolved if isinstance(r, Limited)]
         counted = iter(await self.counter.count(compiled.domain, limited))
         verdicts = tuple(
@@ -92,12 +103,49 @@ class DecisionEngine:
         if compiled is None or not windows or caller.identity is None:
             return Verdict(Code.OK, (NO_LIMIT,))
         windows = compiled.rules.apply(windows, None, caller, ())
+        found = self._caller_bypass(domain, caller)
+        if found is not None and found.mode is BypassMode.FULL:
+            self._telemetry.record_decision(domain, Code.OK.name)
+            return Verdict(Code.OK, (UNLIMITED,))
+        if found is not None:
+            windows = scale_windows(windows, found.factor)
         subject = subject_of("check", domain, caller.identity)
         limited = Limited(windows, caller.tier, subject, hits)
         (verdict,) = await self.counter.count(compiled.domain, [limited])
         code = Code.OK if self._shadow_mode else verdict.code
         self._telemetry.record_decision(domain, code.name)
         return Verdict(code, (verdict,))
+
+    def _caller_bypass(self, domain: str, caller: Caller) -> Bypass | None:
+        """The grant or emergency level covering this caller now, counted."""
+        index = self._policy.current.bypass
+        found = (
+            None if index is None else index.for_caller(domain, caller, self._clock())
+        )
+        if found is not None:
+            self._telemetry.record_bypass(found.mode.value, found.kind)
+        return found
+
+    def _apply_bypass(
+        self,
+        index: BypassIndex,
+        query: RateLimitQuery,
+        caller: Caller,
+        resolved: list[Limited | DescriptorVerdict],
+    ) -> None:
+        """Lift (``full``) or scale (``partial``) each limit a bypass covers now."""
+        now = self._clock()
+        for_caller = index.for_caller(query.domain, caller, now)
+        for position, descriptor in enumerate(query.descriptors):
+            item = resolved[position]
+            if not isinstance(item, Limited):
+                continue
+            found = index.for_descriptor(query.domain, descriptor.entries, now)
+            if for_caller is not None and for_caller.outranks(found):
+                found = for_caller
+            if found is not None:
+                self._telemetry.record_bypass(found.mode.value, found.kind)
+                resolved[position] = _bypassed(item, found)
 
     def _caller_for(
         self, compiled: CompiledDomain, query: RateLimitQuery, caller: Caller | None
@@ -191,6 +239,13 @@ def _tier_windows(compiled: CompiledDomain, name: str | None) -> tuple[Window, .
     domain = compiled.domain
     tier = domain.tier(name) or domain.tier(domain.default_tier)
     return tier.windows if tier is not None else ()
+
+
+def _bypassed(item: Limited, found: Bypass) -> Limited | DescriptorVerdict:
+    """``full``: reported as ``unlimited``, not counted; ``partial``: scaled."""
+    if found.mode is BypassMode.FULL:
+        return replace(UNLIMITED, quota_mode=True) if item.quota_mode else UNLIMITED
+    return replace(item, windows=scale_windows(item.windows, found.factor))
 
 
 def _apply_replaces(resolved: list[Limited | DescriptorVerdict]) -> None:

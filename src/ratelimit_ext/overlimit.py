@@ -46,6 +46,8 @@ class OverLimitCache:
         self, subject: str, windows: tuple[Window, ...], hits: int
     ) -> tuple[Window, float] | None:
         """The refusing window and seconds left, if still known to be over."""
+        if not self._entries:
+            return None
         key = (subject, windows, hits)
         entry = self._entries.get(key)
         if entry is None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ratelimit_ext.admin.server import AdminServer, build_admin
+from ratelimit_ext.admin.service import ServerRuntime
+from ratelimit_ext.admin.settings import AdminSettings
 from ratelimit_ext.authn import AuthSettings
 from ratelimit_ext.counting import CountingSettings, LimitCounter
 from ratelimit_ext.decision import DecisionEngine
@@ -31,6 +35,7 @@ from ratelimit_ext.service import authorization, ratelimit
 from ratelimit_ext.service.handlers import unary_service
 from ratelimit_ext.service.limits import RequestLimits
 from ratelimit_ext.store.base import Store
+from ratelimit_ext.store.coalesce import CoalescingStore
 from ratelimit_ext.store.guard import GuardedStore, GuardSettings
 from ratelimit_ext.store.url import open_store, redact_url
 from ratelimit_ext.telemetry import PrometheusEndpoint, Telemetry
@@ -61,8 +66,12 @@ class ServeSettings:
     grace_seconds: float = 10.0
     counting: CountingSettings = field(default_factory=CountingSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
+    coalesce_window: float | None = 0.0
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    workers: int = 1
+    reuse_port: bool = False
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     def __post_init__(self) -> None:
         split_host_port(self.listen, "--listen")
@@ -70,6 +79,9 @@ class ServeSettings:
             split_host_port(self.metrics_listen, "--metrics-listen")
         if self.grace_seconds < 0:
             raise ValueError("--grace must not be negative")
+        _check_workers(self)
+        if self.admin.listen is not None and self.admin.listen == self.listen:
+            raise ValueError("--admin-listen must differ from --listen")
 
 
 class Sidecar:
@@ -79,7 +91,7 @@ class Sidecar:
         self.settings = settings
         self.policy = ActivePolicy(CompiledPolicy.build(load_policy(settings.config)))
         self._metrics = _metrics_endpoint(settings.metrics_listen)
-        self.store = _guarded(open_store(settings.store), settings.guard)
+        self.store = _remote_wrappers(open_store(settings.store), settings)
         provider = self._metrics.provider() if self._metrics else None
         self.telemetry = (
             Telemetry(provider, self.store.name) if provider else Telemetry.disabled()
@@ -98,9 +110,12 @@ class Sidecar:
         self.health = health.aio.HealthServicer()
         self.server = self._build_server()
         self.port = 0
+        self.admin = self._build_admin()
 
     def _build_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # Off unless workers share the port: a port already taken is an error.
+        reuse_port = 1 if self.settings.reuse_port else 0
+        server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         rls = ratelimit.RateLimitServicer(
             self.engine,
             self.telemetry,
@@ -139,11 +154,32 @@ class Sidecar:
         )
         return server
 
+    def _build_admin(self) -> AdminServer | None:
+        """The admin API on its own port (``--admin-listen``), if enabled."""
+        if self.settings.admin.listen is None:
+            return None
+        runtime = ServerRuntime(
+            self.policy,
+            self.engine,
+            self.store,
+            self.settings.store,
+            self.reloader,
+            self.settings.shadow_mode,
+        )
+        return build_admin(
+            self.settings.admin,
+            self.settings.config,
+            runtime=runtime,
+            reuse_port=self.settings.reuse_port,
+        )
+
     async def start(self) -> None:
         if self.reloader is not None:
             await self.reloader.start()
         self.port = self.server.add_insecure_port(self.settings.listen)
         await self.server.start()
+        if self.admin is not None:
+            await self.admin.start()
         for service in ("", ratelimit.SERVICE_NAME, authorization.SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         policy = self.policy.current.policy
@@ -161,6 +197,8 @@ class Sidecar:
         logger.info("shutting down, grace %.1fs", self.settings.grace_seconds)
         if self.reloader is not None:
             await self.reloader.stop()
+        if self.admin is not None:
+            await self.admin.stop(1.0)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds)
         await self.store.close()
@@ -170,11 +208,39 @@ class Sidecar:
         logger.info("stopped")
 
 
-def _guarded(store: Store, settings: GuardSettings) -> Store:
-    """Remote stores get a deadline and a circuit breaker; memory needs none."""
+def _remote_wrappers(store: Store, settings: ServeSettings) -> Store:
+    """Remote stores get coalescing, a deadline and a circuit breaker.
+
+    The memory store answers without I/O and needs none of them.
+    """
     if store.name == "memory":
         return store
-    return GuardedStore(store, settings)
+    if settings.coalesce_window is not None:
+        store = CoalescingStore(store, settings.coalesce_window)
+    return GuardedStore(store, settings.guard)
+
+
+def _check_workers(settings: ServeSettings) -> None:
+    """``--workers`` above 1 needs a shared store and fixed, known ports."""
+    if settings.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if settings.workers == 1:
+        return
+    if settings.store.strip() in ("memory", "memory://"):
+        raise ValueError(
+            "--workers above 1 needs a shared store (redis:// or redis+cluster://):"
+            " with the memory store every worker would count alone, multiplying"
+            f" every limit by {settings.workers}"
+        )
+    if split_host_port(settings.listen, "--listen")[1] == 0:
+        raise ValueError("--workers above 1 needs a fixed --listen port, not 0")
+    if settings.metrics_listen is not None:
+        port = split_host_port(settings.metrics_listen, "--metrics-listen")[1]
+        if port and port + settings.workers - 1 > 65535:
+            raise ValueError(
+                f"--metrics-listen: worker metrics ports {port}.."
+                f"{port + settings.workers - 1} go past 65535"
+            )
 
 
 def _metrics_endpoint(listen: str | None) -> PrometheusEndpoint | None:
@@ -184,8 +250,13 @@ def _metrics_endpoint(listen: str | None) -> PrometheusEndpoint | None:
     return PrometheusEndpoint(host, port)
 
 
-async def serve(settings: ServeSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(
+    settings: ServeSettings, on_serving: Callable[[], None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``on_serving`` is called once the port is open and health is SERVING.
+    """
     sidecar = Sidecar(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -193,6 +264,8 @@ async def serve(settings: ServeSettings) -> None:
         loop.add_signal_handler(signum, stopping.set)
     try:
         await sidecar.start()
+        if on_serving is not None:
+            on_serving()
         await stopping.wait()
     finally:
         await sidecar.stop()

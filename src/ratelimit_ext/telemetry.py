@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -46,10 +46,14 @@ class Telemetry:
     ) -> None:
         self._provider = provider
         self._store = {"store": store_name}
-        self._decision_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self._bypass_attributes: dict[tuple[str, str], dict[str, str]] = {}
         meter = provider.get_meter("ratelimit_ext", __version__)
-        self._decisions = meter.create_counter(
+        # The hottest instrument: counted in a plain dict on the request path
+        # and handed to OpenTelemetry only when a reader collects.
+        self._decision_counts: dict[tuple[str, str], int] = {}
+        meter.create_observable_counter(
             "ratelimit_ext.decisions",
+            callbacks=[self._observe_decisions],
             unit="{decision}",
             description="Rate-limit decisions by domain and overall code",
         )
@@ -79,6 +83,12 @@ class Telemetry:
             unit="{check}",
             description="Authorization checks by result",
         )
+        self._bypass_uses = meter.create_counter(
+            "ratelimit_ext.bypass.uses",
+            unit="{use}",
+            description="Limits lifted (full) or scaled (partial) by a bypass grant "
+            "or emergency level, by mode and subject kind",
+        )
         self._reloads = meter.create_counter(
             "ratelimit_ext.policy.reloads",
             unit="{reload}",
@@ -99,11 +109,25 @@ class Telemetry:
 
     def record_decision(self, domain: str, code: str) -> None:
         key = (domain, code)
-        attributes = self._decision_attributes.get(key)
+        self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
+
+    def _observe_decisions(
+        self, _options: metrics.CallbackOptions
+    ) -> list[metrics.Observation]:
+        counts = dict(self._decision_counts)  # one atomic copy under the GIL
+        return [
+            metrics.Observation(total, {"domain": domain, "code": code})
+            for (domain, code), total in counts.items()
+        ]
+
+    def record_bypass(self, mode: str, kind: str) -> None:
+        """One limited descriptor (or Check) let through or scaled by a bypass."""
+        key = (mode, kind)
+        attributes = self._bypass_attributes.get(key)
         if attributes is None:
-            attributes = {"domain": domain, "code": code}
-            self._decision_attributes[key] = attributes
-        self._decisions.add(1, attributes)
+            attributes = {"mode": mode, "kind": kind}
+            self._bypass_attributes[key] = attributes
+        self._bypass_uses.add(1, attributes)
 
     def record_store(self, seconds: float, *, ok: bool) -> None:
         self._store_latency.record(seconds, self._store)
@@ -152,7 +176,11 @@ class PrometheusEndpoint:
 
     def provider(self) -> MeterProvider:
         resource = Resource.create({"service.name": "ratelimit-ext"})
-        return MeterProvider(resource=resource, metric_readers=[self.reader])
+        return MeterProvider(
+            resource=resource,
+            metric_readers=[self.reader],
+            exemplar_filter=AlwaysOffExemplarFilter(),
+        )
 
     def close(self) -> None:
         self._server.shutdown()

@@ -72,6 +72,11 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         metrics = f"{LOOPBACK}:{self.metrics_port}" if self.metrics_port else "none"
+        # The admin API defaults to a fixed port; tests that want it pass a
+        # free one in extra_args.
+        admin = (
+            () if "--admin-listen" in self.extra_args else ("--admin-listen", "none")
+        )
         return [
             sys.executable,
             "-m",
@@ -85,6 +90,7 @@ class ServerProcess:
             self.store,
             "--metrics-listen",
             metrics,
+            *admin,
             *self.extra_args,
         ]
 

@@ -1,15 +1,16 @@
 """A policy prepared for the request path, and the slot that holds the live one.
 
-Compiling does all the per-policy work once: matcher trees, CEL programs and
-the API key indexes. Requests read ``ActivePolicy.current`` once at their
-start and use that snapshot to the end, so a swap never changes a decision
-half-way.
+Compiling does all the per-policy work once: matcher trees, CEL programs,
+the API key indexes and the bypass grant index (``None`` without grants).
+Requests read ``ActivePolicy.current`` once at their start and use that
+snapshot to the end, so a swap never changes a decision half-way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ratelimit_ext.policy.bypass import BypassIndex
 from ratelimit_ext.policy.matcher import DomainMatcher
 from ratelimit_ext.policy.model import ApiKey, Domain, Policy
 from ratelimit_ext.policy.rules import RuleSet
@@ -32,6 +33,7 @@ class CompiledPolicy:
     domains: dict[str, CompiledDomain]
     keys_by_digest: dict[str, ApiKey]
     keys_by_identity: dict[str, ApiKey]
+    bypass: BypassIndex | None = None
 
     @classmethod
     def build(cls, policy: Policy) -> CompiledPolicy:
@@ -45,6 +47,7 @@ class CompiledPolicy:
             domains=domains,
             keys_by_digest={key.sha256: key for key in usable},
             keys_by_identity=by_identity,
+            bypass=BypassIndex.build(policy),
         )
 
 

@@ -1,15 +1,16 @@
 """Policy files on disk -> one validated ``Policy``.
 
 This module owns ``load_policy``: it reads the files (``sources``), tells a
-domain policy from an API keys file and hands each to its parser
-(``domain_parser``, ``keys_parser``), then checks what must be unique
-across files. All files are read and checked before anything is returned:
-either every problem is raised together in one ``PolicyError``, or a
-complete ``Policy`` comes back.
+domain policy from an API keys file and from a bypass file and hands each to
+its parser (``domain_parser``, ``keys_parser``, ``bypass_parser``), then
+checks what must be unique across files. All files are read and checked
+before anything is returned: either every problem is raised together in one
+``PolicyError``, or a complete ``Policy`` comes back.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 from yaml import MappingNode, ScalarNode
 
 from ratelimit_ext.errors import PolicyError, Problem
+from ratelimit_ext.policy.bypass_parser import BypassFile, parse_bypass_file
 from ratelimit_ext.policy.domain_parser import parse_domain
 from ratelimit_ext.policy.keys_parser import parse_keys_file
 from ratelimit_ext.policy.model import ApiKey, Domain, Policy, Source
@@ -26,9 +28,11 @@ from ratelimit_ext.policy.yaml_nodes import Reader, compose, is_null
 logger = logging.getLogger(__name__)
 
 _FILE_KIND_HINT = (
-    "not a policy file: expected a domain policy (top-level 'domain:') "
-    "or an API keys file (top-level 'api_keys:')"
+    "not a policy file: expected a domain policy (top-level 'domain:'), "
+    "an API keys file (top-level 'api_keys:') or a bypass file "
+    "(top-level 'bypass_grants:' or 'emergency_levels:')"
 )
+_BYPASS_KEYS = frozenset({"bypass_grants", "emergency_levels"})
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
@@ -44,16 +48,20 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     sources = read_sources(path, problems)
     domains: list[Domain] = []
     api_keys: list[ApiKey] = []
+    bypass = BypassFile()
     for source in sources:
-        _parse_source(source, problems, domains, api_keys)
+        _parse_source(source, problems, domains, api_keys, bypass)
     _check_unique_domains(domains, problems)
     _check_unique_keys(api_keys, problems)
+    _check_unique_bypass_ids(bypass, problems)
     if problems:
         raise PolicyError(sorted(problems, key=lambda p: (p.file, p.line)))
 
     return Policy(
         domains=tuple(domains),
         api_keys=tuple(api_keys),
+        bypass_grants=tuple(bypass.grants),
+        emergency_levels=tuple(bypass.levels),
         files=tuple(source.display for source in sources),
         digest=digest(sources),
     )
@@ -67,6 +75,7 @@ def _parse_source(
     problems: list[Problem],
     domains: list[Domain],
     api_keys: list[ApiKey],
+    bypass: BypassFile,
 ) -> None:
     reader = Reader(source.display, problems)
     root = compose(source, problems)
@@ -82,6 +91,10 @@ def _parse_source(
         domains.extend([domain] if domain is not None else [])
     elif "api_keys" in top_keys:
         api_keys.extend(parse_keys_file(reader, root))
+    elif top_keys & _BYPASS_KEYS:
+        found = parse_bypass_file(reader, root)
+        bypass.grants.extend(found.grants)
+        bypass.levels.extend(found.levels)
     else:
         reader.report(root, _FILE_KIND_HINT)
 
@@ -101,6 +114,17 @@ def _check_unique_keys(api_keys: list[ApiKey], problems: list[Problem]) -> None:
     _report_duplicates(
         ((key.sha256, key.source) for key in api_keys),
         lambda digest: f"api key sha256 {digest[:8]}...",
+        problems,
+    )
+
+
+def _check_unique_bypass_ids(bypass: BypassFile, problems: list[Problem]) -> None:
+    """Grants and emergency levels share one namespace of ids."""
+    grants = ((grant.id, grant.source) for grant in bypass.grants)
+    levels = ((level.id, level.source) for level in bypass.levels)
+    _report_duplicates(
+        itertools.chain(grants, levels),
+        lambda name: f"bypass id '{name}'",
         problems,
     )
 

@@ -26,6 +26,11 @@ class Unit(enum.Enum):
     MONTH = 30 * 86400
     YEAR = 365 * 86400
 
+    # Members are singletons: identity hashing is correct and, unlike Enum's
+    # default (hashing the name in Python code), costs no Python call. Windows
+    # are hashed on every request (counter and cache keys).
+    __hash__ = object.__hash__
+
     @property
     def seconds(self) -> int:
         return self.value
@@ -40,6 +45,8 @@ class Algorithm(enum.Enum):
     FIXED_WINDOW = "fixed_window"
     SLIDING_WINDOW = "sliding_window"
     TOKEN_BUCKET = "token_bucket"
+
+    __hash__ = object.__hash__  # see Unit
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,11 +37,16 @@ _EVALUATION_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, OverflowErr
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is asking, as far as the request tells."""
+    """Who is asking, as far as the request tells.
+
+    ``key_sha256`` is the digest of the API key presented, known only to the
+    authorizer (``Check``); it is not shown to CEL rules.
+    """
 
     identity: str | None = None
     tier: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    key_sha256: str | None = field(default=None, repr=False)
 
     def as_cel(self) -> dict[str, Any]:
         values: dict[str, Any] = dict(self.attributes)

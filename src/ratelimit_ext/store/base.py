@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ratelimit_ext.policy.model import Window
 
@@ -79,3 +79,12 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Resettable(Protocol):
+    """A store that can forget counters (the admin API's ResetCounters)."""
+
+    async def reset(self, subjects: Sequence[str]) -> int:
+        """Remove every counter of ``subjects``; returns how many were removed."""
+        ...

@@ -51,6 +51,13 @@ class MemoryStore:
     async def close(self) -> None:
         self._counters.clear()
 
+    async def reset(self, subjects: Sequence[str]) -> int:
+        wanted = set(subjects)
+        keys = [key for key in self._counters if key[0] in wanted]
+        for key in keys:
+            del self._counters[key]
+        return len(keys)
+
     def _decide(self, request: CounterRequest, now: float) -> CounterResult:
         keys = [_key(request.subject, window) for window in request.windows]
         evaluations = [
