@@ -139,9 +139,15 @@ def test_expired_grants_are_swept(tmp_path: Path) -> None:
         assert "short" in (config / BYPASS).read_text()
 
         eventually(lambda: "short" not in (config / BYPASS).read_text(), 3.0)
-        versions = client.call(
-            "ListVersions", pb.ListVersionsRequest(), pb.ListVersionsResponse
-        ).versions
+
+        def latest() -> pb.Version:
+            return client.call(
+                "ListVersions", pb.ListVersionsRequest(), pb.ListVersionsResponse
+            ).versions[-1]
+
+        # The file is renamed into place before its version is recorded.
+        eventually(lambda: latest().action == "sweep expired", 3.0)
+        versions = [latest()]
 
     assert "long" in (config / BYPASS).read_text()
     assert versions[-1].action == "sweep expired"
