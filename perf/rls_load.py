@@ -3,8 +3,10 @@
 Keeps ``--clients`` calls in flight over ``--channels`` channels. After a warm-up
 it measures for ``--seconds``: completed calls, errors, latency percentiles, the
 response codes, and the CPU time that each watched process (``--watch name=pid``,
-the process and its descendants) and this load process used during that window.
-Prints one JSON object on stdout. Normally started by bench_rls.py.
+the process and its descendants) and this load process used during that window,
+and, with ``--redis HOST:PORT`` (repeatable), the Redis commands and round trips
+of the window (redis_stats.py). Prints one JSON object on stdout. Normally
+started by bench_rls.py.
 
     python perf/rls_load.py --target 127.0.0.1:50051 --clients 32 --seconds 5 \
         --watch server=12345
@@ -21,15 +23,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
+from redis_stats import RedisProbe
+from redis_stats import summarize as summarize_redis
+
 DOMAIN = "bench"
 USERS = 1000
 CALL_TIMEOUT_S = 5.0
+PRIME_TRIES = 5
+PRIME_WORKERS = 4
+PRIME_TIMEOUT_S = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 N = TypeVar("N", int, float)
 
@@ -143,7 +151,45 @@ async def client_loop(
         )
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
+async def prime(
+    stubs: list[rls_pb2_grpc.RateLimitServiceStub],
+    requests: list[rls_pb2.RateLimitRequest],
+    workers: int,
+) -> dict[str, int]:
+    """Send every distinct request until each of its descriptors is OVER_LIMIT.
+
+    At most PRIME_TRIES calls each, ``workers`` at a time: afterwards each
+    subject is in the server's over-limit cache (if it caches at all).
+    """
+    over = rls_pb2.RateLimitResponse.OVER_LIMIT
+    todo = list(range(len(requests)))
+    counts = {"calls": 0, "over_limit": 0}
+
+    async def worker(offset: int) -> None:
+        stub = stubs[offset % len(stubs)]
+        while todo:
+            request = requests[todo.pop()]
+            for _ in range(PRIME_TRIES):
+                counts["calls"] += 1
+                try:
+                    response = await stub.ShouldRateLimit(
+                        request, timeout=CALL_TIMEOUT_S
+                    )
+                except grpc.aio.AioRpcError:
+                    continue
+                codes = [status.code for status in response.statuses]
+                if codes and all(code == over for code in codes):
+                    counts["over_limit"] += 1
+                    break
+
+    await asyncio.wait_for(
+        asyncio.gather(*(worker(i) for i in range(workers))),
+        PRIME_TIMEOUT_S,
+    )
+    return counts
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     watch: dict[str, int] = dict(args.watch)
     requests = [bench_request(i) for i in range(USERS)]
     channels = [
@@ -154,6 +200,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     ]
     stubs = [rls_pb2_grpc.RateLimitServiceStub(ch) for ch in channels]
     window, counter = Window(), itertools.count()
+    probe = RedisProbe(args.redis) if args.redis else None
+    primed: dict[str, Any] | None = None  # counts, and their Redis cost
+    if args.prime:
+        prime_before = probe.snapshot() if probe else None
+        primed = dict(await prime(stubs, requests, min(args.clients, PRIME_WORKERS)))
+        if probe and prime_before is not None:
+            primed["redis"] = summarize_redis(
+                prime_before, probe.snapshot(), primed["calls"]
+            )
     tasks = [
         asyncio.create_task(
             client_loop(stubs[i % len(stubs)], requests, counter, window)
@@ -162,19 +217,29 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     ]
     try:
         await asyncio.sleep(args.warmup)
+        redis_before = probe.snapshot() if probe else None
         before, t0 = snapshot(watch), time.perf_counter()
         window.measuring = True
         await asyncio.sleep(args.seconds)
         window.stopped = True
         after, elapsed = snapshot(watch), time.perf_counter() - t0
+        redis_after = probe.snapshot() if probe else None
         await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT_S + 5)
     finally:
         for task in tasks:
             task.cancel()
         for channel in channels:
             await channel.close()
+        if probe:
+            probe.close()
     cpu = {name: after[name] - before[name] for name in after}
-    return summarize(window, elapsed, cpu, watch)
+    result = summarize(window, elapsed, cpu, watch)
+    if redis_before is not None and redis_after is not None:
+        decisions = sum(window.codes.values()) + sum(window.errors.values())
+        result["redis"] = summarize_redis(redis_before, redis_after, decisions)
+    if primed is not None:
+        result["prime"] = primed
+    return result
 
 
 def percentile(ordered: list[float], q: float) -> float | None:
@@ -193,7 +258,7 @@ def other_cpu_percent(
 
 def summarize(
     window: Window, elapsed: float, cpu: dict[str, float], watch: dict[str, int]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     ordered = sorted(window.latencies)
     ok_calls = sum(window.codes.values())
     errors = sum(window.errors.values())
@@ -254,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="name=pid of a process to take CPU time of, repeatable",
+    )
+    parser.add_argument(
+        "--prime",
+        action="store_true",
+        help="before the warm-up, send every distinct request until all its "
+        f"descriptors are OVER_LIMIT (at most {PRIME_TRIES} tries each)",
+    )
+    parser.add_argument(
+        "--redis",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a Redis node to read INFO commandstats from at both ends of the "
+        "window (commands and round trips per call), repeatable",
     )
     return parser
 

