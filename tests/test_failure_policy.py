@@ -8,6 +8,7 @@ breaker's state machine is driven by a counting stand-in store, because
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 
@@ -131,9 +132,12 @@ class CountingStore:
     def __init__(self) -> None:
         self.calls = 0
         self.failing = True
+        self.delay = 0.0
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.failing:
             raise StoreError("down")
         return [
@@ -205,3 +209,24 @@ def test_overlimit_cache_skips_sliding_windows_and_stays_bounded() -> None:
     for i in range(1000):
         cache.remember(f"s{i}", (MINUTE_5,), 1, refused(MINUTE_5, 30.0))
     assert len(cache) <= 100
+
+
+async def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
+    """Envoy cancels late RPCs; a cancelled probe must leave room for another."""
+    clock = FakeClock(0.0)
+    inner = CountingStore()
+    store = GuardedStore(inner, GuardSettings(1.0, 1, 1.0), clock)
+    request = [CounterRequest("s", (MINUTE_5,))]
+    with pytest.raises(StoreError):
+        await store.hit(request)  # opens the breaker
+    clock.advance(1.0)
+    inner.failing = False
+    inner.delay = 10.0
+    probe = asyncio.create_task(store.hit(request))
+    await asyncio.sleep(0.01)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    inner.delay = 0.0
+    await store.hit(request)  # a new probe goes out and closes the breaker
+    assert store.breaker.state is BreakerState.CLOSED

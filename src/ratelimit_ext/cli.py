@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -137,6 +136,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore
     )
     _admin_flags(serve)
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    serve.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT", "text"),
+        help="text, or json: one object a line with timestamp, level, logger,"
+        " message and the request's domain and policy version"
+        " (default %(default)s) [env RATELIMIT_EXT_LOG_FORMAT]",
+    )
 
 
 def _admin_flags(serve: argparse.ArgumentParser) -> None:
@@ -233,17 +239,18 @@ def _coalesce_window(text: str) -> float | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ratelimit_ext import logs
     from ratelimit_ext.counting import CountingSettings
     from ratelimit_ext.server import ServeSettings, serve
     from ratelimit_ext.store.guard import GuardSettings
     from ratelimit_ext.workers import supervise
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # watchfiles logs every batch of changes at INFO; the reloader logs outcomes
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    log_format = args.log_format.strip().lower()
+    if log_format not in logs.FORMATS:
+        choices = ", ".join(logs.FORMATS)
+        print(f"serve: --log-format must be one of {choices}", file=sys.stderr)
+        return 2
+    logs.configure(log_format, args.log_level.upper())
     if not args.config:
         print("serve: --config (or RATELIMIT_EXT_CONFIG) is required", file=sys.stderr)
         return 2
@@ -271,6 +278,7 @@ def _serve(args: argparse.Namespace) -> int:
             ),
             workers=args.workers,
             admin=_admin_settings(args),
+            log_format=log_format,
         )
         asyncio.run(supervise(settings) if settings.workers > 1 else serve(settings))
     except PolicyError as exc:

@@ -26,7 +26,10 @@ from ratelimit_ext.verdict import NO_LIMIT, Code, DescriptorVerdict
 
 @dataclass(frozen=True, slots=True)
 class Limited:
-    """A descriptor whose windows are known and must be counted."""
+    """A descriptor whose windows are known and must be counted.
+
+    ``detail`` is the metric label of a ``detailed_metric`` rule's descriptor.
+    """
 
     windows: tuple[Window, ...]
     name: str | None
@@ -35,6 +38,7 @@ class Limited:
     shadow: bool = False
     quota_mode: bool = False
     replaces: tuple[str, ...] = ()
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +97,10 @@ class LimitCounter:
         try:
             results = await self._store.hit(requests)
         except StoreError as exc:
-            self._telemetry.record_store(time.perf_counter() - started, ok=False)
+            self._telemetry.record_store(time.perf_counter() - started, exc)
             self.health.failed(exc)
             return await self._degraded(domain, items, exc)
-        self._telemetry.record_store(time.perf_counter() - started, ok=True)
+        self._telemetry.record_store(time.perf_counter() - started)
         self.health.succeeded()
         if self.cache is not None:
             for item, result in zip(items, results, strict=True):

@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ratelimit_ext.counting import LimitCounter, Limited
+from ratelimit_ext.logs import bind_request
 from ratelimit_ext.policy.bypass import Bypass, BypassIndex, scale_windows
 from ratelimit_ext.policy.compiled import ActivePolicy, CompiledDomain
+from ratelimit_ext.policy.matcher import Match
 from ratelimit_ext.policy.model import BypassMode, Window
 from ratelimit_ext.policy.rules import Caller
 from ratelimit_ext.telemetry import Telemetry
@@ -26,6 +28,8 @@ from ratelimit_ext.verdict import NO_LIMIT, UNLIMITED, Code, DescriptorVerdict, 
 
 UNKNOWN_DOMAIN = "_unknown"
 """Metric label for domains the policy does not define (request-chosen text)."""
+DETAIL_VALUE_CHARS = 128
+"""Of each descriptor value in a ``detailed_metric`` label, at most this much."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,9 @@ class DecisionEngine:
         self, query: RateLimitQuery, caller: Caller | None = None
     ) -> Verdict:
         """Answer ``ShouldRateLimit``; raises ``StoreError`` if counting failed."""
-        compiled = self._policy.current.domains.get(query.domain)
+        current = self._policy.current
+        bind_request(query.domain, current.policy.digest)
+        compiled = current.domains.get(query.domain)
         if compiled is None:
             verdict = Verdict(Code.OK, tuple(NO_LIMIT for _ in query.descriptors))
             self._telemetry.record_decision(UNKNOWN_DOMAIN, verdict.code.name)
@@ -84,11 +90,13 @@ class DecisionEngine:
             self._resolve(compiled, query, d, caller) for d in query.descriptors
         ]
         _apply_replaces(resolved)
-        bypass = self._policy.current.bypass
+        bypass = current.bypass
         if bypass is not None:
             self._apply_bypass(bypass, query, caller, resolved)
         limited = [r for r in resolved if isinstance(r, Limited)]
-        counted = iter(await self.counter.count(compiled.domain, limited))
+        answers = await self.counter.count(compiled.domain, limited)
+        self._record_limits(query.domain, limited, answers)
+        counted = iter(answers)
         verdicts = tuple(
             next(counted) if isinstance(r, Limited) else r for r in resolved
         )
@@ -98,7 +106,9 @@ class DecisionEngine:
 
     async def check_caller(self, domain: str, caller: Caller, hits: int = 1) -> Verdict:
         """Apply the caller's tier windows of ``domain`` (enforcement in Check)."""
-        compiled = self._policy.current.domains.get(domain)
+        current = self._policy.current
+        bind_request(domain, current.policy.digest)
+        compiled = current.domains.get(domain)
         windows = _tier_windows(compiled, caller.tier) if compiled else ()
         if compiled is None or not windows or caller.identity is None:
             return Verdict(Code.OK, (NO_LIMIT,))
@@ -112,9 +122,35 @@ class DecisionEngine:
         subject = subject_of("check", domain, caller.identity)
         limited = Limited(windows, caller.tier, subject, hits)
         (verdict,) = await self.counter.count(compiled.domain, [limited])
+        self._record_limits(domain, (limited,), (verdict,))
         code = Code.OK if self._shadow_mode else verdict.code
         self._telemetry.record_decision(domain, code.name)
         return Verdict(code, (verdict,))
+
+    def _record_limits(
+        self,
+        domain: str,
+        limited: Sequence[Limited],
+        verdicts: Sequence[DescriptorVerdict],
+    ) -> None:
+        """Per rule: the answer, and whether it was near the limit or shadowed.
+
+        Near: admitted with at most 10% of the window's capacity left.
+        """
+        telemetry = self._telemetry
+        for item, verdict in zip(limited, verdicts, strict=True):
+            ok = verdict.code is Code.OK
+            telemetry.record_rule(
+                domain, item.name, "OK" if ok else "OVER_LIMIT", item.detail
+            )
+            window = verdict.window
+            if verdict.over_limit:
+                if ok or self._shadow_mode:
+                    telemetry.record_shadow_block(domain, item.name)
+            elif window is not None and verdict.remaining * 10 <= (
+                window.burst or window.limit
+            ):
+                telemetry.record_near_limit(domain, item.name)
 
     def _caller_bypass(self, domain: str, caller: Caller) -> Bypass | None:
         """The grant or emergency level covering this caller now, counted."""
@@ -209,6 +245,7 @@ class DecisionEngine:
             shadow=match.rule.shadow_mode,
             quota_mode=match.rule.quota_mode,
             replaces=rate_limit.replaces,
+            detail=_detail(match) if match.rule.detailed_metric else None,
         )
 
     def _overall(self, verdicts: Sequence[DescriptorVerdict]) -> Code:
@@ -220,6 +257,13 @@ class DecisionEngine:
         if quota and all(v.over_limit for v in quota):
             return Code.OVER_LIMIT
         return Code.OK
+
+
+def _detail(match: Match) -> str:
+    """A ``detailed_metric`` rule's label: its counted entries, values shortened."""
+    return ",".join(
+        f"{key}={value[:DETAIL_VALUE_CHARS]}" for key, value in match.counted_entries
+    )
 
 
 def _flatten(entries: Sequence[tuple[str, str]]) -> list[str]:

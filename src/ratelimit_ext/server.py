@@ -28,6 +28,7 @@ from ratelimit_ext.admin.settings import AdminSettings
 from ratelimit_ext.authn import AuthSettings
 from ratelimit_ext.counting import CountingSettings, LimitCounter
 from ratelimit_ext.decision import DecisionEngine
+from ratelimit_ext.logs import FORMATS
 from ratelimit_ext.policy.compiled import ActivePolicy, CompiledPolicy
 from ratelimit_ext.policy.loader import load_policy
 from ratelimit_ext.policy.reload import PolicyReloader
@@ -38,7 +39,7 @@ from ratelimit_ext.store.base import Store
 from ratelimit_ext.store.coalesce import CoalescingStore
 from ratelimit_ext.store.guard import GuardedStore, GuardSettings
 from ratelimit_ext.store.url import open_store, redact_url
-from ratelimit_ext.telemetry import PrometheusEndpoint, Telemetry
+from ratelimit_ext.telemetry import PrometheusEndpoint, TelemetrySetup, build_telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ServeSettings:
     workers: int = 1
     reuse_port: bool = False
     admin: AdminSettings = field(default_factory=AdminSettings)
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         split_host_port(self.listen, "--listen")
@@ -79,24 +81,32 @@ class ServeSettings:
             split_host_port(self.metrics_listen, "--metrics-listen")
         if self.grace_seconds < 0:
             raise ValueError("--grace must not be negative")
+        if self.log_format not in FORMATS:
+            raise ValueError(f"--log-format must be one of {', '.join(FORMATS)}")
         _check_workers(self)
         if self.admin.listen is not None and self.admin.listen == self.listen:
             raise ValueError("--admin-listen must differ from --listen")
 
 
 class Sidecar:
-    """The running server: its parts and its lifecycle."""
+    """The running server: its parts and its lifecycle.
 
-    def __init__(self, settings: ServeSettings) -> None:
+    ``telemetry`` says where metrics and spans go besides ``/metrics``; by
+    default the standard ``OTEL_*`` environment variables decide.
+    """
+
+    def __init__(
+        self, settings: ServeSettings, *, telemetry: TelemetrySetup | None = None
+    ) -> None:
         self.settings = settings
+        setup = telemetry if telemetry is not None else TelemetrySetup.from_environ()
         self.policy = ActivePolicy(CompiledPolicy.build(load_policy(settings.config)))
         self._metrics = _metrics_endpoint(settings.metrics_listen)
         self.store = _remote_wrappers(open_store(settings.store), settings)
-        provider = self._metrics.provider() if self._metrics else None
-        self.telemetry = (
-            Telemetry(provider, self.store.name) if provider else Telemetry.disabled()
-        )
+        self.telemetry = build_telemetry(self.store.name, self._metrics, setup)
         counter = LimitCounter(self.store, self.telemetry, settings.counting)
+        if counter.cache is not None:
+            self.telemetry.watch_overlimit_cache(counter.cache)
         self.engine = DecisionEngine(
             self.policy, counter, self.telemetry, shadow_mode=settings.shadow_mode
         )
@@ -125,20 +135,23 @@ class Sidecar:
         authz = authorization.AuthorizationServicer(
             self.policy, self.engine, self.telemetry, self.settings.auth
         )
+        # A server span per call when tracing is on; else the methods as they are.
+        traced = self.telemetry.traced
+        should_rate_limit = traced(
+            f"{ratelimit.SERVICE_NAME}/{ratelimit.METHOD}", rls.ShouldRateLimit
+        )
+        check = traced(
+            f"{authorization.SERVICE_NAME}/{authorization.METHOD}", authz.Check
+        )
         server.add_generic_rpc_handlers(
             (
                 unary_service(
                     ratelimit.SERVICE_NAME,
-                    {ratelimit.METHOD: (rls.ShouldRateLimit, rls_pb2.RateLimitRequest)},
+                    {ratelimit.METHOD: (should_rate_limit, rls_pb2.RateLimitRequest)},
                 ),
                 unary_service(
                     authorization.SERVICE_NAME,
-                    {
-                        authorization.METHOD: (
-                            authz.Check,
-                            external_auth_pb2.CheckRequest,
-                        )
-                    },
+                    {authorization.METHOD: (check, external_auth_pb2.CheckRequest)},
                 ),
             )
         )
@@ -171,6 +184,7 @@ class Sidecar:
             self.settings.config,
             runtime=runtime,
             reuse_port=self.settings.reuse_port,
+            telemetry=self.telemetry,
         )
 
     async def start(self) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -40,6 +41,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from ratelimit_ext import logs
 from ratelimit_ext.errors import PolicyError
 from ratelimit_ext.policy.loader import load_policy
 from ratelimit_ext.server import ServeSettings, serve, split_host_port
@@ -287,12 +289,13 @@ def _worker_main() -> int:
     """One worker: settings from stdin, then ``serve`` until told to stop."""
     control = socket.socket(fileno=sys.stdin.fileno())
     index, settings, level = _receive(control)
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s worker {index} [%(process)d]"
+    logs.configure(
+        settings.log_format,
+        level,
+        text_format=f"%(asctime)s %(levelname)s worker {index} [%(process)d]"
         " %(name)s: %(message)s",
+        fields={"worker": index, "pid": os.getpid()},
     )
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(settings, on_serving=lambda: _serving(control)))
     except PolicyError as exc:

@@ -18,10 +18,13 @@ import grpc
 from ratelimit_ext.admin.api import SERVICE_NAME
 from ratelimit_ext.admin.audit import AuditLog
 from ratelimit_ext.admin.auth import TokenFile, TokenInterceptor, server_credentials
+from ratelimit_ext.admin.metrics import AdminCallCounter
 from ratelimit_ext.admin.service import AdminServicer, ServerRuntime
 from ratelimit_ext.admin.settings import AdminSettings
 from ratelimit_ext.admin.writer import PolicyWriter
 from ratelimit_ext.service.handlers import unary_service
+from ratelimit_ext.store.auditlist import open_audit_list
+from ratelimit_ext.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class AdminServer:
         servicer: AdminServicer,
         *,
         reuse_port: bool = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if settings.listen is None:
             raise ValueError("the admin API is disabled (no --admin-listen)")
@@ -43,11 +47,16 @@ class AdminServer:
         tokens = TokenFile(settings.token_file) if settings.token_file else None
         if tokens is not None:
             tokens.load()
-        interceptors = [TokenInterceptor(tokens)] if tokens is not None else []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if telemetry is not None:  # outermost: counts refused calls too
+            interceptors.append(AdminCallCounter(telemetry))
+        if tokens is not None:
+            interceptors.append(TokenInterceptor(tokens))
         # Shared only by the workers of one server (``--workers``), like its
         # data port; otherwise a port already taken is an error.
         options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
         self._server = grpc.aio.server(interceptors=interceptors, options=options)
+        self._servicer = servicer
         self._server.add_generic_rpc_handlers(
             (unary_service(SERVICE_NAME, servicer.handlers()),)
         )
@@ -70,6 +79,7 @@ class AdminServer:
 
     async def stop(self, grace: float | None = None) -> None:
         await self._server.stop(grace)
+        await self._servicer.close()
 
 
 def build_admin(
@@ -80,17 +90,21 @@ def build_admin(
     role: str = "server",
     on_change: Callable[[], None] | None = None,
     reuse_port: bool = False,
+    telemetry: Telemetry | None = None,
 ) -> AdminServer:
     """The admin server over ``config`` (changes need it to be a directory)."""
     servicer = AdminServicer(
         config=config,
         writer=PolicyWriter.for_directory(config),
-        audit=AuditLog(settings.audit_path(config)),
+        audit=AuditLog(
+            settings.audit_path(config),
+            open_audit_list(runtime.store_url) if runtime else None,
+        ),
         runtime=runtime,
         role=role,
         on_change=on_change,
     )
-    return AdminServer(settings, servicer, reuse_port=reuse_port)
+    return AdminServer(settings, servicer, reuse_port=reuse_port, telemetry=telemetry)
 
 
 def _tls_mode(settings: AdminSettings) -> str:

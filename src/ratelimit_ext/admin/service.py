@@ -101,6 +101,10 @@ class AdminServicer:
         self._clock = clock
         self._started = clock()
 
+    async def close(self) -> None:
+        """Release what the servicer holds (the store's audit list)."""
+        await self._audit.close()
+
     def handlers(self) -> dict[str, tuple[Handler, type[Message]]]:
         """Method name -> (behaviour behind the error boundary, request type)."""
         return {
@@ -342,7 +346,7 @@ class AdminServicer:
         self, request: pb.ListAuditRequest, context: Context
     ) -> pb.ListAuditResponse:
         limit = min(request.limit or _AUDIT_LIMIT, _AUDIT_MAX)
-        records = await asyncio.to_thread(self._audit.newest, limit)
+        records = await self._audit.read(limit)
         return pb.ListAuditResponse(records=[convert.audit_proto(r) for r in records])
 
     async def ListVersions(
@@ -412,11 +416,11 @@ class AdminServicer:
         except (AdminError, StoreError, OSError) as exc:
             outcome = _status_of(exc).name
             failed = _with(record, outcome=outcome, after={"error": str(exc)[:2000]})
-            await asyncio.to_thread(self._audit.append, failed)
+            await self._audit.record(failed)
             raise
         change = result if isinstance(result, Change) else result.change
         done = _with(record, outcome="ok", before=change.before, after=change.after)
-        await asyncio.to_thread(self._audit.append, done)
+        await self._audit.record(done)
         if not reload:
             return result, False
         in_force = await self._reload(change.digest)

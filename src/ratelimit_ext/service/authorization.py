@@ -98,10 +98,10 @@ class AuthorizationServicer:
             )
         key = presented_key(request_headers(request), self._settings)
         if key is None:
-            return self._unauthenticated("missing API key")
+            return self._unauthenticated("missing API key", "missing_key")
         record = lookup(self._policy.current, key)
         if record is None:
-            return self._unauthenticated("unknown API key")
+            return self._unauthenticated("unknown API key", "unknown_key")
         caller = caller_of(record)
         domain = request.attributes.context_extensions.get(ENFORCE_EXTENSION)
         verdict = None
@@ -142,8 +142,10 @@ class AuthorizationServicer:
             )
         return response
 
-    def _unauthenticated(self, reason: str) -> external_auth_pb2.CheckResponse:
-        self._telemetry.record_authz("unauthenticated")
+    def _unauthenticated(
+        self, reason: str, metric_reason: str
+    ) -> external_auth_pb2.CheckResponse:
+        self._telemetry.record_authz(metric_reason)
         challenge = (
             f'ApiKey realm="{self._settings.realm}", '
             f'header="{self._settings.api_key_header}"'

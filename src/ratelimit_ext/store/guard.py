@@ -23,6 +23,10 @@ from ratelimit_ext.store.base import CounterRequest, CounterResult, Store
 logger = logging.getLogger(__name__)
 
 
+class CircuitOpen(Exception):
+    """The cause of a ``StoreError`` for a call the open breaker kept back."""
+
+
 class BreakerState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
@@ -77,6 +81,14 @@ class CircuitBreaker:
         if self.state is not BreakerState.CLOSED:
             self._transition(BreakerState.CLOSED)
 
+    def abandoned(self) -> None:
+        """The caller gave up on a call (e.g. Envoy cancelled the RPC).
+
+        It says nothing about the store; a probe that was abandoned must not
+        keep the breaker half-open for ever, so the next call may probe again.
+        """
+        self._probing = False
+
     def failed(self) -> None:
         self._failures += 1
         self._probing = False
@@ -107,7 +119,9 @@ class GuardedStore:
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         if not self.breaker.allow():
-            raise StoreError(f"store {self.name}: circuit open, not called")
+            raise StoreError(
+                f"store {self.name}: circuit open, not called"
+            ) from CircuitOpen()
         try:
             async with asyncio.timeout(self._timeout):
                 results = await self.inner.hit(requests)
@@ -118,6 +132,9 @@ class GuardedStore:
             ) from exc
         except StoreError:
             self.breaker.failed()
+            raise
+        except asyncio.CancelledError:
+            self.breaker.abandoned()
             raise
         self.breaker.succeeded()
         return results
