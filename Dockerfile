@@ -51,10 +51,14 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
 
 # The runtime environment: a virtualenv without pip, holding the wheel and
 # its dependencies only (byte-compiled at install time, so nothing needs to
-# be written at run time).
+# be written at run time). xds-protos ships an older copy of the
+# opentelemetry/proto files; opentelemetry-proto is installed again last so
+# its (newer, compatible) files win whatever order pip used.
 RUN python -m venv --without-pip /opt/ratelimit-ext \
  && pip --python /opt/ratelimit-ext/bin/python install \
         --no-index --find-links /wheels --only-binary=:all: /wheels/ratelimit_ext-*.whl \
+ && pip --python /opt/ratelimit-ext/bin/python install --no-index --find-links /wheels \
+        --only-binary=:all: --force-reinstall --no-deps opentelemetry-proto \
  && /opt/ratelimit-ext/bin/ratelimit-ext --version
 
 # --- final image --------------------------------------------------------------
