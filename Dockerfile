@@ -58,7 +58,7 @@ RUN python -m venv --without-pip /opt/ratelimit-ext \
  && pip --python /opt/ratelimit-ext/bin/python install \
         --no-index --find-links /wheels --only-binary=:all: /wheels/ratelimit_ext-*.whl \
  && pip --python /opt/ratelimit-ext/bin/python install --no-index --find-links /wheels \
-        --only-binary=:all: --force-reinstall --no-deps opentelemetry-proto \
+        --only-binary=:all: --force-reinstall --no-deps /wheels/opentelemetry_proto-*.whl \
  && /opt/ratelimit-ext/bin/ratelimit-ext --version
 
 # --- final image --------------------------------------------------------------
