@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import NoReturn
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -26,6 +25,7 @@ from ratelimit_ext.errors import StoreError
 from ratelimit_ext.headers import ratelimit_headers
 from ratelimit_ext.policy.compiled import ActivePolicy
 from ratelimit_ext.policy.rules import Caller
+from ratelimit_ext.service.handlers import abort
 from ratelimit_ext.telemetry import Telemetry
 from ratelimit_ext.verdict import Code, Verdict
 
@@ -93,8 +93,12 @@ class AuthorizationServicer:
         context: grpc.aio.ServicerContext,
     ) -> external_auth_pb2.CheckResponse:
         if request is None:
-            return await self._abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "not a CheckRequest"
+            return await abort(
+                context,
+                self._telemetry,
+                METHOD,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "not a CheckRequest",
             )
         key = presented_key(request_headers(request), self._settings)
         if key is None:
@@ -109,8 +113,12 @@ class AuthorizationServicer:
             try:
                 verdict = await self._engine.check_caller(domain, caller)
             except StoreError:
-                return await self._abort(
-                    context, grpc.StatusCode.UNAVAILABLE, "counter store unavailable"
+                return await abort(
+                    context,
+                    self._telemetry,
+                    METHOD,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "counter store unavailable",
                 )
         if verdict is not None and verdict.code is Code.OVER_LIMIT:
             self._telemetry.record_authz("over_limit")
@@ -156,13 +164,3 @@ class AuthorizationServicer:
             [("www-authenticate", challenge)],
             {"error": "unauthorized", "message": reason},
         )
-
-    async def _abort(
-        self,
-        context: grpc.aio.ServicerContext,
-        code: grpc.StatusCode,
-        message: str,
-    ) -> NoReturn:
-        self._telemetry.record_rpc_error(METHOD, code.name)
-        await context.abort(code, message)
-        raise AssertionError("context.abort returned")

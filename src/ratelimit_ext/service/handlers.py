@@ -8,7 +8,7 @@ with invalid UTF-8), so the servicer can answer ``INVALID_ARGUMENT`` itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -41,3 +41,20 @@ def unary_service(
         for name, (behaviour, request_type) in methods.items()
     }
     return grpc.method_handlers_generic_handler(service, handlers)
+
+
+class _ErrorRecorder(Protocol):
+    def record_rpc_error(self, method: str, status: str) -> None: ...
+
+
+async def abort(
+    context: grpc.aio.ServicerContext,
+    recorder: _ErrorRecorder,
+    method: str,
+    code: grpc.StatusCode,
+    message: str,
+) -> NoReturn:
+    """Answer the call with a gRPC error status, counted in telemetry."""
+    recorder.record_rpc_error(method, code.name)
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")

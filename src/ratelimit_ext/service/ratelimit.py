@@ -8,7 +8,6 @@ ladder returns before any counting happens. A store failure is
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -18,6 +17,7 @@ from ratelimit_ext.decision import DecisionEngine, DescriptorQuery, RateLimitQue
 from ratelimit_ext.errors import StoreError
 from ratelimit_ext.headers import ratelimit_headers
 from ratelimit_ext.policy.model import Unit, Window
+from ratelimit_ext.service.handlers import abort
 from ratelimit_ext.service.limits import InvalidRequest, RequestLimits
 from ratelimit_ext.telemetry import Telemetry
 from ratelimit_ext.verdict import Code, DescriptorVerdict, Verdict
@@ -128,34 +128,40 @@ class RateLimitServicer:
         context: grpc.aio.ServicerContext,
     ) -> rls_pb2.RateLimitResponse:
         if request is None:
-            return await self._abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "not a RateLimitRequest"
+            return await abort(
+                context,
+                self._telemetry,
+                METHOD,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "not a RateLimitRequest",
             )
         try:
             query = query_from_proto(request, self._limits)
         except InvalidRequest as exc:
-            return await self._abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            return await abort(
+                context,
+                self._telemetry,
+                METHOD,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                str(exc),
             )
         try:
             verdict = await self._engine.decide(query)
         except StoreError:
-            return await self._abort(
-                context, grpc.StatusCode.UNAVAILABLE, "counter store unavailable"
+            return await abort(
+                context,
+                self._telemetry,
+                METHOD,
+                grpc.StatusCode.UNAVAILABLE,
+                "counter store unavailable",
             )
         except Exception:
             logger.exception("bug while deciding for domain %r", query.domain[:64])
-            return await self._abort(
-                context, grpc.StatusCode.INTERNAL, "internal error"
+            return await abort(
+                context,
+                self._telemetry,
+                METHOD,
+                grpc.StatusCode.INTERNAL,
+                "internal error",
             )
         return response_from_verdict(verdict, self._response_headers)
-
-    async def _abort(
-        self,
-        context: grpc.aio.ServicerContext,
-        code: grpc.StatusCode,
-        message: str,
-    ) -> NoReturn:
-        self._telemetry.record_rpc_error(METHOD, code.name)
-        await context.abort(code, message)
-        raise AssertionError("context.abort returned")
