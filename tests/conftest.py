@@ -81,6 +81,16 @@ def valkey_cluster() -> Iterator[ValkeyCluster]:
         yield cluster
 
 
+@pytest.fixture
+async def cluster_store(
+    valkey_cluster: ValkeyCluster, fake_clock: FakeClock
+) -> AsyncIterator[RedisClusterStore]:
+    """A store on the session's cluster; its timeout is not what is tested."""
+    store = RedisClusterStore(valkey_cluster.url, clock=fake_clock, timeout=5.0)
+    yield store
+    await store.close()
+
+
 @pytest.fixture(autouse=True)
 def _flush_valkey_cluster(request: pytest.FixtureRequest) -> None:
     """Give every test that uses ``valkey_cluster`` an empty cluster."""

@@ -16,7 +16,7 @@ from ratelimit_ext.policy.keys import hash_key
 from ratelimit_ext.policy.loader import load_policy
 from ratelimit_ext.policy.model import Unit, Window
 from ratelimit_ext.policy.rules import Caller, rollout_bucket
-from ratelimit_ext.store.base import CounterRequest, CounterResult
+from ratelimit_ext.store.base import CounterRequest, CounterResult, Store
 from ratelimit_ext.store.memory import MemoryStore
 from ratelimit_ext.telemetry import Telemetry
 from ratelimit_ext.verdict import UNLIMITED_REMAINING, Code, Verdict
@@ -322,10 +322,12 @@ def test_rollout_bucket_is_stable_and_spread() -> None:
     assert 0.25 < share < 0.35
 
 
-class FailingStore:
+class FailingStore(Store):
     name = "failing"
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
         raise StoreError("down")
 
     async def close(self) -> None:

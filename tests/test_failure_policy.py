@@ -20,7 +20,7 @@ from ratelimit_ext.counting import CountingSettings, LimitCounter, Limited
 from ratelimit_ext.errors import StoreError
 from ratelimit_ext.overlimit import OverLimitCache
 from ratelimit_ext.policy.model import Algorithm, Domain, FailurePolicy, Unit, Window
-from ratelimit_ext.store.base import CounterRequest, CounterResult, WindowResult
+from ratelimit_ext.store.base import CounterRequest, CounterResult, Store, WindowResult
 from ratelimit_ext.store.guard import (
     BreakerState,
     CircuitBreaker,
@@ -124,7 +124,7 @@ async def test_paused_redis_is_bounded_by_the_store_timeout(
     assert elapsed < 0.5
 
 
-class CountingStore:
+class CountingStore(Store):
     """Stand-in whose failures are switched on and off (see module docstring)."""
 
     name = "stand-in"
@@ -134,15 +134,18 @@ class CountingStore:
         self.failing = True
         self.delay = 0.0
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
         self.calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.failing:
             raise StoreError("down")
+        room = WindowResult(True, 1, 1.0)
         return [
-            CounterResult(True, tuple(WindowResult(True, 1, 1.0) for _ in r.windows))
-            for r in requests
+            [CounterResult(True, tuple(room for _ in r.windows)) for r in group]
+            for group in groups
         ]
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ from harness.server import ServerProcess
 from ratelimit_ext.decision import subject_of
 from ratelimit_ext.policy.model import Unit, Window
 from ratelimit_ext.store.base import CounterRequest
-from ratelimit_ext.store.script import build_call
+from ratelimit_ext.store.script import window_keys
 
 DOMAIN = "failover"
 LIMIT = 200
@@ -188,10 +188,7 @@ def start_servers(
 
 def counter_key(value: str, limit: int) -> str:
     subject = subject_of(DOMAIN, "generic_key", value)
-    keys, _ = build_call(
-        CounterRequest(subject, (Window(limit, Unit.HOUR),)), "", "rlx"
-    )
-    return keys[0]
+    return window_keys(CounterRequest(subject, (Window(limit, Unit.HOUR),)), "rlx")[0]
 
 
 def value_on(cluster: ValkeyCluster, master: ClusterNodeServer, prefix: str) -> str:

@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ from ratelimit_ext.store.base import (
     WindowResult,
 )
 from ratelimit_ext.store.cluster import RedisClusterStore, parse_cluster_url
-from ratelimit_ext.store.script import build_call, counter_script
+from ratelimit_ext.store.script import counter_script, window_keys
 from ratelimit_ext.store.url import open_store
 
 PASSWORD = "cluster-pa55-never-shown"
@@ -46,8 +46,7 @@ DAY = Window(5000, Unit.DAY)
 
 
 def keys_of(subject: str, *windows: Window) -> list[str]:
-    keys, _ = build_call(CounterRequest(subject, windows), "", "rlx")
-    return keys
+    return window_keys(CounterRequest(subject, windows), "rlx")
 
 
 def slot_of(subject: str) -> int:
@@ -81,16 +80,6 @@ async def hit_one(
 ) -> CounterResult:
     [result] = await store.hit([CounterRequest(subject, windows or (MINUTE,))])
     return result
-
-
-@pytest.fixture
-async def cluster_store(
-    valkey_cluster: ValkeyCluster, fake_clock: FakeClock
-) -> AsyncIterator[RedisClusterStore]:
-    """A store on the session's cluster; its timeout is not what is tested."""
-    store = RedisClusterStore(valkey_cluster.url, clock=fake_clock, timeout=5.0)
-    yield store
-    await store.close()
 
 
 @pytest.fixture

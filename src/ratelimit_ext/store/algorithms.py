@@ -181,3 +181,15 @@ def _empty_bucket(window: Window, now: float) -> Evaluation:
 
 def _remaining(value: float) -> int:
     return max(math.floor(value), 0)
+
+
+def uncommitted(window: Window, committed: WindowResult, hits: int) -> WindowResult:
+    """What a window that committed ``hits`` shows once they are taken back.
+
+    Exact for every algorithm: a window with room never clamps ``remaining``,
+    and a bucket is full ``hits / rate`` seconds sooner.
+    """
+    reset = committed.reset_seconds
+    if window.algorithm is Algorithm.TOKEN_BUCKET and window.limit > 0:
+        reset -= hits * window.unit.seconds / window.limit
+    return WindowResult(committed.allowed, committed.remaining + hits, max(reset, 0.0))

@@ -25,6 +25,15 @@ token_bucket
 
 ``hits == 0`` checks without counting: it is admitted iff one more hit would be.
 Refused hits are never committed.
+
+Groups (``hit_groups``): the requests of one group are decided together. A
+request *has room* when every one of its windows has; the hits of the
+requests with room are committed only if every *binding* request of the
+group has room, otherwise none of them is (the "do not consume the other
+descriptors of a rejected request" option). A request later in a group sees
+the uncommitted hits of the earlier ones, so two requests on one counter
+count twice, as they would one after the other. A group of one request is
+the ordinary case, and ``hit`` decides each request as such a group.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ class CounterRequest:
     subject: str
     windows: tuple[Window, ...]
     hits: int = 1
+    binding: bool = True
+    """In a group: whether this request's refusal withholds the others' hits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +74,35 @@ class WindowResult:
 
 @dataclass(frozen=True, slots=True)
 class CounterResult:
-    """``allowed`` is True iff every window had room and the hits were committed."""
+    """``allowed`` is True iff every window had room.
+
+    The hits of an allowed request were committed, except in a group that a
+    binding request refused; ``windows`` then describe the counters without
+    them, as for a request with ``hits == 0``.
+    """
 
     allowed: bool
     windows: tuple[WindowResult, ...]
 
 
 class Store(Protocol):
-    """A counter store. Every backend failure is raised as ``StoreError``."""
+    """A counter store. Every backend failure is raised as ``StoreError``.
+
+    Stores subclass this protocol to inherit ``hit``.
+    """
 
     name: str
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
-        """Decide every request, one result per request, in order."""
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
+        """Decide every group (see the module docstring): results by group, in order."""
         ...
+
+    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        """Decide each request on its own, one result per request, in order."""
+        decided = await self.hit_groups([(request,) for request in requests])
+        return [result for (result,) in decided]
 
     async def close(self) -> None: ...
 

@@ -86,17 +86,21 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ratelimit_ext.errors import StoreError
-from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult
+from ratelimit_ext.store.algorithms import uncommitted
+from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult, Store
 from ratelimit_ext.store.script import (
     NO_WINDOWS,
     Call,
     CounterScript,
     build_call,
+    build_undo,
     counter_keys,
     counter_script,
-    parse_result,
+    has_windows,
+    parse_group,
     reconnect_once,
     send_calls,
+    subject_slot,
 )
 
 logger = logging.getLogger(__name__)
@@ -216,7 +220,42 @@ class _Node:
         await self.client.aclose()
 
 
-class RedisClusterStore:
+@dataclass(slots=True)
+class _Part:
+    """The requests of one group that live on one master: one script call.
+
+    ``positions`` are the requests' places in their group; ``at`` is the time
+    the script counted at, from its reply (for an undo).
+    """
+
+    group: int
+    positions: tuple[int, ...]
+    requests: tuple[CounterRequest, ...]
+    at: str = ""
+
+    def counted(self, decided: list[CounterResult]) -> list[CounterRequest]:
+        """The requests whose hits this part committed (empty: it committed none)."""
+        mine = [decided[p] for p in self.positions]
+        pairs = list(zip(self.requests, mine, strict=True))
+        if any(r.binding and not result.allowed for r, result in pairs):
+            return []
+        return [r for r, result in pairs if result.allowed and r.hits > 0]
+
+    def show_uncounted(self, decided: list[CounterResult]) -> None:
+        """Replace the results of the committed requests by their uncounted view."""
+        for position, request in zip(self.positions, self.requests, strict=True):
+            result = decided[position]
+            if result.allowed and request.hits > 0:
+                windows = tuple(
+                    uncommitted(window, shown, request.hits)
+                    for window, shown in zip(
+                        request.windows, result.windows, strict=True
+                    )
+                )
+                decided[position] = CounterResult(True, windows)
+
+
+class RedisClusterStore(Store):
     """Counts in Redis Cluster; see the module docstring for routing and errors."""
 
     name = "redis-cluster"
@@ -275,23 +314,39 @@ class RedisClusterStore:
         self._refreshed_at = float("-inf")
         self._map_failing = False
         self._masters: frozenset[str] = frozenset()
+        self._undoing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"RedisClusterStore({self._where})"
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
         now = "" if self._clock is None else repr(self._clock())
-        calls = [build_call(request, now, self._prefix) for request in requests]
-        pending = [i for i, call in enumerate(calls) if call[0]]
-        results = [NO_WINDOWS] * len(requests)
-        if not pending:
+        results = [[NO_WINDOWS] * len(group) for group in groups]
+        if not any(has_windows(group) for group in groups):
             return results
         with self._translated():
             async with asyncio.timeout(self._timeout):
-                replies = await self._run([calls[i] for i in pending])
+                await self._discover()
+                parts = [
+                    part
+                    for index, group in enumerate(groups)
+                    for part in self._split(index, group)
+                ]
+                calls = [self._call(part.requests, now, build_call) for part in parts]
+                replies = await self._run(calls)
 
-        for index, reply in zip(pending, replies, strict=True):
-            results[index] = parse_result(reply)
+        for part, reply in zip(parts, replies, strict=True):
+            part.at, decided = parse_group(reply, part.requests)
+            for position, result in zip(part.positions, decided, strict=True):
+                results[part.group][position] = result
+        undo = self._take_back(parts, results)
+        if undo:
+            task = asyncio.create_task(self._undo(undo))
+            self._undoing.add(task)
+            task.add_done_callback(self._undoing.discard)
+            await asyncio.shield(task)
         return results
 
     async def reset(self, subjects: Sequence[str]) -> int:
@@ -316,6 +371,8 @@ class RedisClusterStore:
         return sum(removed)
 
     async def close(self) -> None:
+        if self._undoing:
+            await asyncio.wait(self._undoing, timeout=self._timeout)
         self._discovery.cancel()
         if self._refreshing is not None:
             self._refreshing.cancel()
@@ -333,7 +390,7 @@ class RedisClusterStore:
         """One reply per call, after at most ``MAX_ROUNDS`` rounds of pipelines."""
         await self._discover()
         replies: list[Any] = [None] * len(calls)
-        routes = {index: self._owner(keys) for index, (keys, _) in enumerate(calls)}
+        routes = {index: self._owner(call.keys) for index, call in enumerate(calls)}
         for _ in range(MAX_ROUNDS):
             routes = await self._round(calls, routes, replies)
             if not routes:
@@ -378,7 +435,7 @@ class RedisClusterStore:
         try:
             await node.loaded.wait()
             return await send_calls(
-                node.client, self._script, calls, where=route.name, asking=route.asking
+                node.client, calls, where=route.name, asking=route.asking
             )
         except asyncio.CancelledError:
             # Abandoned (our timeout or the caller's): a node that accepts
@@ -397,6 +454,78 @@ class RedisClusterStore:
             raise
         return sum(removed)
 
+    def _split(self, index: int, group: Sequence[CounterRequest]) -> list[_Part]:
+        """The parts of a group, one per master owning some of its subjects."""
+        if len(group) == 1:
+            return [_Part(index, (0,), tuple(group))] if group[0].windows else []
+        by_master: dict[str, list[int]] = {}
+        for position, request in enumerate(group):
+            if request.windows:
+                master = self._owner_at(subject_slot(request.subject)).name
+                by_master.setdefault(master, []).append(position)
+        return [
+            _Part(index, tuple(positions), tuple(group[p] for p in positions))
+            for positions in by_master.values()
+        ]
+
+    def _call(
+        self,
+        requests: Sequence[CounterRequest],
+        now: str,
+        build: Callable[..., Call],
+    ) -> Call:
+        """A call over ``requests``, declaring the keys of its first slot only."""
+        if len(requests) == 1:
+            return build(requests, now, self._prefix)
+        first = subject_slot(requests[0].subject)
+        declared = 0
+        for request in requests:
+            if subject_slot(request.subject) != first:
+                break
+            declared += len(request.windows)
+        return build(requests, now, self._prefix, declared=declared)
+
+    def _take_back(
+        self, parts: list[_Part], results: list[list[CounterResult]]
+    ) -> list[Call]:
+        """The undo calls for the committed parts of split groups that a
+        binding request refused; their results are shown as not counted.
+        """
+        split: dict[int, list[_Part]] = {}
+        for part in parts:
+            split.setdefault(part.group, []).append(part)
+        undo: list[Call] = []
+        for group, group_parts in split.items():
+            if len(group_parts) < 2:
+                continue
+            decided = results[group]
+            refused = any(
+                r.binding and not decided[p].allowed
+                for part in group_parts
+                for p, r in zip(part.positions, part.requests, strict=True)
+            )
+            if not refused:
+                continue
+            for part in group_parts:
+                counted = part.counted(decided)
+                if counted:
+                    undo.append(self._call(counted, part.at, build_undo))
+                    part.show_uncounted(decided)
+        return undo
+
+    async def _undo(self, calls: list[Call]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._run(calls)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            logger.warning(
+                "redis cluster at %s: could not take back %d committed parts of"
+                " refused requests: %s",
+                self._where,
+                len(calls),
+                self._redacted(exc),
+            )
+
     async def _discover(self) -> None:
         """The first slot map, shared by the calls that arrive before it."""
         if not self._discovered:
@@ -406,7 +535,9 @@ class RedisClusterStore:
 
     def _owner(self, keys: list[str]) -> _Route:
         """The master owning the slot of ``keys`` (one slot), in the current map."""
-        slot = key_slot(keys[0].encode())
+        return self._owner_at(key_slot(keys[0].encode()))
+
+    def _owner_at(self, slot: int) -> _Route:
         try:
             node = self._topology.get_node_from_slot(slot)
         except SlotNotCoveredError:

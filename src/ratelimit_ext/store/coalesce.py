@@ -23,15 +23,18 @@ from ratelimit_ext.store.base import CounterRequest, CounterResult, Store
 logger = logging.getLogger(__name__)
 
 
+_Results = list[list[CounterResult]]
+
+
 class _Batch:
-    __slots__ = ("requests", "waiters")
+    __slots__ = ("groups", "waiters")
 
     def __init__(self) -> None:
-        self.requests: list[CounterRequest] = []
-        self.waiters: list[tuple[asyncio.Future[list[CounterResult]], int, int]] = []
+        self.groups: list[Sequence[CounterRequest]] = []
+        self.waiters: list[tuple[asyncio.Future[_Results], int, int]] = []
 
 
-class CoalescingStore:
+class CoalescingStore(Store):
     """Batches concurrent ``hit`` calls into one call of the inner store."""
 
     def __init__(self, inner: Store, window_seconds: float = 0.0) -> None:
@@ -45,17 +48,17 @@ class CoalescingStore:
         self.batches = 0
         self.decisions = 0
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
         batch = self._open
         if batch is None:
             batch = self._open = _Batch()
             self._schedule(batch)
-        future: asyncio.Future[list[CounterResult]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        start = len(batch.requests)
-        batch.requests.extend(requests)
-        batch.waiters.append((future, start, len(batch.requests)))
+        future: asyncio.Future[_Results] = asyncio.get_running_loop().create_future()
+        start = len(batch.groups)
+        batch.groups.extend(groups)
+        batch.waiters.append((future, start, len(batch.groups)))
         return await future
 
     async def close(self) -> None:
@@ -81,7 +84,7 @@ class CoalescingStore:
         self.batches += 1
         self.decisions += len(batch.waiters)
         try:
-            results = await self.inner.hit(batch.requests)
+            results = await self.inner.hit_groups(batch.groups)
         except StoreError as exc:
             self._fail(batch, exc)
             return

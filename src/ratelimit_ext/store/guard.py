@@ -103,7 +103,7 @@ class CircuitBreaker:
         self.state = state
 
 
-class GuardedStore:
+class GuardedStore(Store):
     """A store whose calls are bounded by a deadline and a circuit breaker."""
 
     def __init__(
@@ -117,14 +117,16 @@ class GuardedStore:
         self._timeout = settings.timeout_seconds
         self.breaker = CircuitBreaker(settings, clock)
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
         if not self.breaker.allow():
             raise StoreError(
                 f"store {self.name}: circuit open, not called"
             ) from CircuitOpen()
         try:
             async with asyncio.timeout(self._timeout):
-                results = await self.inner.hit(requests)
+                results = await self.inner.hit_groups(groups)
         except TimeoutError as exc:
             self.breaker.failed()
             raise StoreError(

@@ -17,12 +17,18 @@ from collections.abc import Sequence
 
 from ratelimit_ext.policy.model import Algorithm, Window
 from ratelimit_ext.store.algorithms import Evaluation, State, evaluate
-from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult
+from ratelimit_ext.store.base import (
+    Clock,
+    CounterRequest,
+    CounterResult,
+    Store,
+    WindowResult,
+)
 
 _Key = tuple[str, Algorithm, int]
 
 
-class MemoryStore:
+class MemoryStore(Store):
     """Counts in a dict; see the module docstring for keys and expiry."""
 
     name = "memory"
@@ -42,11 +48,13 @@ class MemoryStore:
     def __repr__(self) -> str:
         return f"MemoryStore(counters={len(self._counters)})"
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
         now = self._clock()
         self._maybe_sweep(now)
 
-        return [self._decide(request, now) for request in requests]
+        return [self._decide(group, now) for group in groups]
 
     async def close(self) -> None:
         self._counters.clear()
@@ -58,25 +66,38 @@ class MemoryStore:
             del self._counters[key]
         return len(keys)
 
-    def _decide(self, request: CounterRequest, now: float) -> CounterResult:
-        keys = [_key(request.subject, window) for window in request.windows]
-        evaluations = [
-            evaluate(window, self._counters.get(key), request.hits, now)
-            for key, window in zip(keys, request.windows, strict=True)
+    def _decide(
+        self, group: Sequence[CounterRequest], now: float
+    ) -> list[CounterResult]:
+        """One group: evaluate every request, then commit all of them or none.
+
+        ``pending`` holds the states the requests with room would leave, so
+        later requests of the group count on top of earlier ones.
+        """
+        pending: dict[_Key, State] = {}
+        decided: list[tuple[CounterRequest, list[Evaluation], bool]] = []
+        for request in group:
+            keys = [_key(request.subject, window) for window in request.windows]
+            evaluations = [
+                evaluate(
+                    window, pending.get(key, self._counters.get(key)), request.hits, now
+                )
+                for key, window in zip(keys, request.windows, strict=True)
+            ]
+            room = all(evaluation.room for evaluation in evaluations)
+            if room and request.hits > 0:
+                _stage(pending, keys, evaluations)
+            decided.append((request, evaluations, room))
+        commit = all(room for request, _, room in decided if request.binding)
+        if commit:
+            self._counters.update(pending)
+
+        return [
+            CounterResult(
+                room, _shown(evaluations, commit and room and request.hits > 0)
+            )
+            for request, evaluations, room in decided
         ]
-        allowed = all(evaluation.room for evaluation in evaluations)
-        if allowed and request.hits > 0:
-            self._commit(keys, evaluations)
-            return CounterResult(True, tuple(e.committed for e in evaluations))
-
-        return CounterResult(allowed, tuple(e.kept for e in evaluations))
-
-    def _commit(self, keys: list[_Key], evaluations: list[Evaluation]) -> None:
-        """Store each key's new state once, even if two windows share a key."""
-        fresh: dict[_Key, State] = {}
-        for key, evaluation in zip(keys, evaluations, strict=True):
-            fresh.setdefault(key, evaluation.state)
-        self._counters.update(fresh)
 
     def _maybe_sweep(self, now: float) -> None:
         if 0.0 <= now - self._last_sweep < self._sweep_interval:
@@ -85,6 +106,22 @@ class MemoryStore:
         expired = [k for k, s in self._counters.items() if s.expires_at <= now]
         for key in expired:
             del self._counters[key]
+
+
+def _stage(
+    pending: dict[_Key, State], keys: list[_Key], evaluations: list[Evaluation]
+) -> None:
+    """Each key's new state once, even if two windows of a request share a key."""
+    fresh: dict[_Key, State] = {}
+    for key, evaluation in zip(keys, evaluations, strict=True):
+        fresh.setdefault(key, evaluation.state)
+    pending.update(fresh)
+
+
+def _shown(evaluations: list[Evaluation], committed: bool) -> tuple[WindowResult, ...]:
+    if committed:
+        return tuple(evaluation.committed for evaluation in evaluations)
+    return tuple(evaluation.kept for evaluation in evaluations)
 
 
 def _key(subject: str, window: Window) -> _Key:

@@ -1,8 +1,10 @@
 """A counter store on Redis (or Valkey), shared by every replica.
 
-One ``hit`` call is one round trip: a non-transactional pipeline holding one
-``EVALSHA`` of ``lua/hit.lua`` per ``CounterRequest``. The script checks every
-window of its subject and commits all of them or none, atomically. The script
+One ``hit_groups`` call is one round trip: a non-transactional pipeline
+holding one ``EVALSHA`` of ``lua/hit.lua`` per group of ``CounterRequest``
+(one request, or the requests decided together). The script checks every
+window of the group and commits all of them or none, atomically, whatever
+slots their keys hash to (a standalone server has them all). The script
 is called by its SHA1; after ``NOSCRIPT`` (a ``SCRIPT FLUSH``, a restart, a
 failover to a fresh node) the affected calls are re-sent as ``EVAL`` with the
 script's text, which loads it for the calls after them.
@@ -41,20 +43,20 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import RedisError
 
 from ratelimit_ext.errors import StoreError
-from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult
+from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult, Store
 from ratelimit_ext.store.script import (
     NO_WINDOWS,
     Call,
     build_call,
     counter_keys,
-    counter_script,
-    parse_result,
+    has_windows,
+    parse_group,
     reconnect_once,
     send_calls,
 )
 
 
-class RedisStore:
+class RedisStore(Store):
     """Counts in Redis; see the module docstring for keys, time and errors."""
 
     name = "redis"
@@ -72,7 +74,6 @@ class RedisStore:
     ) -> None:
         self._clock = clock
         self._prefix = key_prefix
-        self._script = counter_script()
         self._pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -88,16 +89,18 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({self._where})"
 
-    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def hit_groups(
+        self, groups: Sequence[Sequence[CounterRequest]]
+    ) -> list[list[CounterResult]]:
         now = "" if self._clock is None else repr(self._clock())
-        calls = [build_call(request, now, self._prefix) for request in requests]
-        pending = [i for i, call in enumerate(calls) if call[0]]
+        pending = [i for i, group in enumerate(groups) if has_windows(group)]
+        calls = [build_call(groups[i], now, self._prefix) for i in pending]
         with self._translated():
-            replies = await self._run([calls[i] for i in pending])
+            replies = await self._run(calls)
 
-        results = [NO_WINDOWS] * len(requests)
+        results = [[NO_WINDOWS] * len(group) for group in groups]
         for index, reply in zip(pending, replies, strict=True):
-            results[index] = parse_result(reply)
+            _, results[index] = parse_group(reply, groups[index])
         return results
 
     async def reset(self, subjects: Sequence[str]) -> int:
@@ -117,7 +120,7 @@ class RedisStore:
         """Send all calls in one pipeline; load the script once if missing."""
         if not calls:
             return []
-        replies = await send_calls(self._client, self._script, calls, where=self._where)
+        replies = await send_calls(self._client, calls, where=self._where)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

@@ -1,15 +1,20 @@
-"""The counter script and its calls, shared by the Redis and Redis Cluster stores.
+"""The counter scripts and their calls, shared by the Redis and Redis Cluster stores.
 
-``lua/hit.lua`` decides one ``CounterRequest``: it checks every window of the
-subject and commits all of them or none. This module owns what both Redis
-stores do the same way: the script's text and SHA1, the keys and arguments
+``lua/hit.lua`` decides one group of ``CounterRequest`` (see ``base.py``): it
+checks every window of every request and commits all or none of them.
+``lua/undo.lua`` takes committed hits back (a cluster group split over
+several masters, one of which refused). This module owns what both Redis
+stores do the same way: the scripts' text and SHA1, the keys and arguments
 of one call, sending a batch of calls as one pipeline of ``EVALSHA`` (and
-re-sending with the script's text after ``NOSCRIPT``), reading the replies, the
-one retry they allow (``reconnect_once``).
+re-sending with the script's text after ``NOSCRIPT``), reading the replies,
+the one retry they allow (``reconnect_once``).
 
 Keys: ``<prefix>:{<tag>}:<alg>:<unit seconds>``, one hash per window, where
 ``tag`` is the first 8 bytes of the subject's BLAKE2b digest in hex. All keys
-of a subject share that hash tag, so one call lives in one cluster slot.
+of a subject share that hash tag, so a call for one subject lives in one
+cluster slot. A call for several subjects of one cluster node declares the
+keys of its first slot and passes the others as arguments, sent with the
+``allow-cross-slot-keys`` flag (``Call.cross_slot``).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
@@ -39,25 +45,44 @@ _ALGORITHM_CODES = {
     Algorithm.TOKEN_BUCKET: "tb",
 }
 
-Call = tuple[list[str], list[str]]
-"""The KEYS and ARGV of one script call; no keys means nothing to count."""
-
 NO_WINDOWS = CounterResult(True, ())
 """The result of a request without windows: nothing to count, admitted."""
+
+CROSS_SLOT_FLAG = "#!lua flags=allow-cross-slot-keys\n"
+"""Lets a script touch keys of several slots of its node (Redis 7, Valkey)."""
 
 
 @dataclass(frozen=True, slots=True)
 class CounterScript:
-    """The Lua source of ``lua/hit.lua`` and the SHA1 it is called by."""
+    """The Lua source of one script and the SHA1 it is called by."""
 
     text: str
     sha: str
 
 
-@lru_cache(maxsize=1)
-def counter_script() -> CounterScript:
-    text = resources.files("ratelimit_ext.store").joinpath("lua/hit.lua").read_text()
+class Call(NamedTuple):
+    """One script call: its declared keys, its arguments, and the script."""
 
+    keys: list[str]
+    args: list[str]
+    script: CounterScript
+
+
+def counter_script(*, cross_slot: bool = False) -> CounterScript:
+    """``lua/hit.lua``, flagged ``allow-cross-slot-keys`` if ``cross_slot``."""
+    return _script("hit.lua", cross_slot)
+
+
+def undo_script(*, cross_slot: bool = False) -> CounterScript:
+    """``lua/undo.lua``, flagged ``allow-cross-slot-keys`` if ``cross_slot``."""
+    return _script("undo.lua", cross_slot)
+
+
+@lru_cache(maxsize=4)
+def _script(name: str, cross_slot: bool) -> CounterScript:
+    text = resources.files("ratelimit_ext.store").joinpath(f"lua/{name}").read_text()
+    if cross_slot:
+        text = CROSS_SLOT_FLAG + text
     return CounterScript(text, hashlib.sha1(text.encode()).hexdigest())
 
 
@@ -66,17 +91,64 @@ def hash_tag(subject: str) -> str:
     return hashlib.blake2b(subject.encode(), digest_size=8).hexdigest()
 
 
-def build_call(request: CounterRequest, now: str, prefix: str) -> Call:
-    """The keys and arguments deciding ``request``; ``now`` "" reads server TIME."""
-    tag = hash_tag(request.subject)
-    keys: list[str] = []
-    args = [now, str(request.hits)]
-    for window in request.windows:
-        suffix, window_args = _window_parts(window)
-        keys.append(f"{prefix}:{{{tag}}}:{suffix}")
-        args.extend(window_args)
+def subject_slot(subject: str) -> int:
+    """The Redis Cluster slot of every key of ``subject``."""
+    return key_slot(hash_tag(subject).encode())
 
-    return keys, args
+
+def window_keys(request: CounterRequest, prefix: str) -> list[str]:
+    """The key of each window of ``request``, in order."""
+    tag = hash_tag(request.subject)
+    return [f"{prefix}:{{{tag}}}:{_window_parts(w)[0]}" for w in request.windows]
+
+
+def has_windows(group: Sequence[CounterRequest]) -> bool:
+    return any(request.windows for request in group)
+
+
+def build_call(
+    group: Sequence[CounterRequest], now: str, prefix: str, *, declared: int = -1
+) -> Call:
+    """The call deciding ``group``; ``now`` "" reads the server's TIME.
+
+    ``declared`` keys (all by default) go in KEYS, the rest at the end of
+    the arguments, with the cross-slot flag.
+    """
+    keys: list[str] = []
+    args = [now, str(len(group))]
+    window_args: list[str] = []
+    for request in group:
+        args += (str(request.hits), "1" if request.binding else "0")
+        args.append(str(len(request.windows)))
+        keys += window_keys(request, prefix)
+        for window in request.windows:
+            window_args.extend(_window_parts(window)[1])
+    args += window_args
+    if 0 <= declared < len(keys):
+        return Call(
+            keys[:declared], args + keys[declared:], counter_script(cross_slot=True)
+        )
+    return Call(keys, args, counter_script())
+
+
+def build_undo(
+    group: Sequence[CounterRequest], now: str, prefix: str, *, declared: int = -1
+) -> Call:
+    """The call taking back the committed hits of ``group``, counted at ``now``."""
+    keys: list[str] = []
+    args = [now]
+    for request in group:
+        for key, window in zip(
+            window_keys(request, prefix), request.windows, strict=True
+        ):
+            keys.append(key)
+            code, _, unit, capacity = _window_parts(window)[1]
+            args += (code, unit, capacity, str(request.hits))
+    if 0 <= declared < len(keys):
+        return Call(
+            keys[:declared], args + keys[declared:], undo_script(cross_slot=True)
+        )
+    return Call(keys, args, undo_script())
 
 
 def counter_keys(subject: str, prefix: str) -> list[str]:
@@ -89,13 +161,25 @@ def counter_keys(subject: str, prefix: str) -> list[str]:
     ]
 
 
-def parse_result(reply: list[Any]) -> CounterResult:
-    """One script reply: overall verdict, then allowed/remaining/reset per window."""
-    windows = tuple(
-        WindowResult(bool(reply[i]), int(reply[i + 1]), float(_text(reply[i + 2])))
-        for i in range(1, len(reply), 3)
-    )
-    return CounterResult(bool(reply[0]), windows)
+def parse_group(
+    reply: list[Any], group: Sequence[CounterRequest]
+) -> tuple[str, list[CounterResult]]:
+    """One script reply: the time it counted at, and a result per request."""
+    results: list[CounterResult] = []
+    at = 1
+    for request in group:
+        room = bool(reply[at])
+        at += 1
+        windows = []
+        for _ in request.windows:
+            windows.append(
+                WindowResult(
+                    bool(reply[at]), int(reply[at + 1]), float(_text(reply[at + 2]))
+                )
+            )
+            at += 3
+        results.append(CounterResult(room, tuple(windows)))
+    return _text(reply[0]), results
 
 
 def reconnect_once() -> Retry:
@@ -109,7 +193,6 @@ def reconnect_once() -> Retry:
 
 async def send_calls(
     client: Redis,
-    script: CounterScript,
     calls: Sequence[Call],
     *,
     where: str,
@@ -124,12 +207,12 @@ async def send_calls(
     before every call (the target of a cluster ``ASK`` redirect). Connection
     errors and timeouts are raised; ``where`` names the server in logs.
     """
-    replies = await _pipeline(client, script, calls, asking, by_text=False)
+    replies = await _pipeline(client, calls, asking, by_text=False)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         logger.debug("redis at %s lacks the counter script; sending it", where)
         again = [calls[i] for i in missing]
-        retried = await _pipeline(client, script, again, asking, by_text=True)
+        retried = await _pipeline(client, again, asking, by_text=True)
         for index, reply in zip(missing, retried, strict=True):
             replies[index] = reply
 
@@ -138,14 +221,13 @@ async def send_calls(
 
 async def _pipeline(
     client: Redis,
-    script: CounterScript,
     calls: Sequence[Call],
     asking: bool,
     *,
     by_text: bool,
 ) -> list[Any]:
     pipe = client.pipeline(transaction=False)
-    for keys, args in calls:
+    for keys, args, script in calls:
         if asking:
             pipe.execute_command("ASKING")
         if by_text:

@@ -1,18 +1,31 @@
--- Check and commit hits against every window of one subject, all or nothing.
+-- Check and commit the hits of one group of requests, all or nothing.
 --
--- KEYS[i]  one hash per window; all keys of a subject share one hash tag.
+-- A request is one subject's windows and hits; it has room when every one
+-- of its windows has. The hits of the requests with room are committed only
+-- if every binding request has room, otherwise none is. A group of one
+-- request is the usual call. A request sees the uncommitted hits of the
+-- requests before it in the group (two requests on one counter count twice).
+--
+-- KEYS     the windows' keys in order, as many as are declared; the rest are
+--          the last values of ARGV (a Redis Cluster call over several slots
+--          of one node, sent with the allow-cross-slot-keys flag).
 -- ARGV[1]  now in seconds as a decimal string, or "" to read the server TIME.
--- ARGV[2]  hits (0 checks without counting).
--- ARGV[3..] four values per window: algorithm (fw, sw, tb), limit,
---           unit seconds, capacity.
+-- ARGV[2]  the number of requests.
+-- then per request three values: hits (0 checks without counting),
+--          binding (1 or 0), the number of its windows;
+-- then per window four values: algorithm (fw, sw, tb), limit, unit
+--          seconds, capacity;
+-- then the keys of the windows KEYS does not declare.
 --
--- Reply: {allowed, then per window: allowed, remaining, reset seconds}.
--- reset is a string, because Redis truncates Lua numbers to integers.
+-- Reply: {now, then per request: room, then per window of the request:
+-- room, remaining, reset}. now and reset are strings, because Redis
+-- truncates Lua numbers to integers.
 --
--- Mirrors ratelimit_ext/store/algorithms.py operation by operation. Every
--- written key gets its expiry in the same call, so no key lives without TTL.
--- A state past its expiry counts as absent even if the key still exists: the
--- windows see that from their start field, the bucket keeps it in field x.
+-- Mirrors ratelimit_ext/store/algorithms.py and MemoryStore operation by
+-- operation. Every written key gets its expiry in the same call, so no key
+-- lives without TTL. A state past its expiry counts as absent even if the key
+-- still exists: the windows see that from their start field, the bucket
+-- keeps it in field x.
 
 local now
 if ARGV[1] == '' then
@@ -21,8 +34,14 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local hits = tonumber(ARGV[2])
-local need = math.max(hits, 1)
+local request_count = tonumber(ARGV[2])
+-- ARGV[window_args + 1] is the first value of the first window.
+local window_args = 2 + 3 * request_count
+local window_count = 0
+for r = 1, request_count do
+  window_count = window_count + tonumber(ARGV[2 + 3 * r])
+end
+local undeclared = window_args + 4 * window_count - #KEYS
 
 local function num(value)
   return string.format('%.17g', value)
@@ -36,9 +55,27 @@ local function ttl_ms(expires_at)
   return math.max(math.ceil((expires_at - now) * 1000), 1)
 end
 
-local function fixed_window(key, limit, unit)
+-- States the requests with room would leave, by key: later requests of the
+-- group read these instead of what Redis holds.
+local pending = {}
+
+local pending_keys = {}
+
+local function read(key, names)
+  local staged = pending[key]
+  if staged == nil then
+    return redis.call('HMGET', key, unpack(names))
+  end
+  local values = {}
+  for i, name in ipairs(names) do
+    values[i] = staged.fields[name] or false
+  end
+  return values
+end
+
+local function fixed_window(key, limit, unit, _, hits, need)
   local start = math.floor(now / unit) * unit
-  local stored = redis.call('HMGET', key, 's', 'c')
+  local stored = read(key, {'s', 'c'})
   local count = 0
   if tonumber(stored[1]) == start then
     count = tonumber(stored[2])
@@ -48,14 +85,14 @@ local function fixed_window(key, limit, unit)
     room = count + need <= limit,
     kept = {remaining(limit - count), reset},
     committed = {remaining(limit - (count + hits)), reset},
-    fields = {'s', num(start), 'c', num(count + hits)},
+    fields = {s = num(start), c = num(count + hits)},
     expires_at = start + unit,
   }
 end
 
-local function sliding_window(key, limit, unit)
+local function sliding_window(key, limit, unit, _, hits, need)
   local start = math.floor(now / unit) * unit
-  local stored = redis.call('HMGET', key, 's', 'c', 'p')
+  local stored = read(key, {'s', 'c', 'p'})
   local stored_start = tonumber(stored[1])
   local current, previous = 0, 0
   if stored_start == start then
@@ -71,27 +108,23 @@ local function sliding_window(key, limit, unit)
     room = estimate + need <= limit,
     kept = {remaining(limit - estimate), reset},
     committed = {remaining(limit - after), reset},
-    fields = {'s', num(start), 'c', num(current + hits), 'p', num(previous)},
+    fields = {s = num(start), c = num(current + hits), p = num(previous)},
     expires_at = start + 2 * unit,
   }
 end
 
-local function empty_bucket(unit)
-  return {
-    room = false,
-    kept = {0, unit},
-    committed = {0, unit},
-    fields = {},
-    expires_at = now + unit,
-  }
-end
-
-local function token_bucket(key, limit, unit, capacity)
+local function token_bucket(key, limit, unit, capacity, hits, need)
   if limit <= 0 then
-    return empty_bucket(unit)
+    return {
+      room = false,
+      kept = {0, unit},
+      committed = {0, unit},
+      fields = {},
+      expires_at = now + unit,
+    }
   end
   local rate = limit / unit
-  local stored = redis.call('HMGET', key, 't', 'ts', 'x')
+  local stored = read(key, {'t', 'ts', 'x'})
   local tokens = capacity
   local stored_expiry = tonumber(stored[3])
   if stored[1] and stored_expiry and stored_expiry > now then
@@ -112,7 +145,7 @@ local function token_bucket(key, limit, unit, capacity)
     room = room,
     kept = {remaining(tokens), wait},
     committed = {remaining(left), until_full},
-    fields = {'t', num(left), 'ts', num(now), 'x', num(expires_at)},
+    fields = {t = num(left), ts = num(now), x = num(expires_at)},
     expires_at = expires_at,
   }
 end
@@ -123,33 +156,77 @@ local algorithms = {
   tb = token_bucket,
 }
 
-local evaluations = {}
-local allowed = true
-for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 4
-  local evaluate = algorithms[ARGV[base + 1]]
-  local evaluation = evaluate(
-    KEYS[i], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
-    tonumber(ARGV[base + 4]))
-  allowed = allowed and evaluation.room
-  evaluations[i] = evaluation
+local function key_of(window)
+  if window <= #KEYS then
+    return KEYS[window]
+  end
+  return ARGV[undeclared + window]
 end
 
-local commit = allowed and hits > 0
-local written = {}
-local reply = {allowed and 1 or 0}
-for i, evaluation in ipairs(evaluations) do
-  local shown = evaluation.kept
-  if commit then
-    shown = evaluation.committed
-    if not written[KEYS[i]] then
-      written[KEYS[i]] = true
-      redis.call('HSET', KEYS[i], unpack(evaluation.fields))
-      redis.call('PEXPIRE', KEYS[i], ttl_ms(evaluation.expires_at))
+-- Evaluate every request in order, staging what those with room would write.
+local requests = {}
+local window = 0
+local commit = true
+for r = 1, request_count do
+  local header = 2 + (r - 1) * 3
+  local hits = tonumber(ARGV[header + 1])
+  local request = {
+    hits = hits,
+    binding = ARGV[header + 2] == '1',
+    evaluations = {},
+    room = true,
+  }
+  local staged = {}
+  for w = 1, tonumber(ARGV[header + 3]) do
+    window = window + 1
+    local base = window_args + (window - 1) * 4
+    local key = key_of(window)
+    local evaluation = algorithms[ARGV[base + 1]](
+      key, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
+      tonumber(ARGV[base + 4]), hits, math.max(hits, 1))
+    evaluation.key = key
+    request.room = request.room and evaluation.room
+    request.evaluations[w] = evaluation
+    if staged[key] == nil then
+      staged[key] = evaluation
     end
   end
-  reply[#reply + 1] = evaluation.room and 1 or 0
-  reply[#reply + 1] = shown[1]
-  reply[#reply + 1] = num(shown[2])
+  if request.room and hits > 0 then
+    for key, evaluation in pairs(staged) do
+      if pending[key] == nil then
+        pending_keys[#pending_keys + 1] = key
+      end
+      pending[key] = evaluation
+    end
+  end
+  if request.binding and not request.room then
+    commit = false
+  end
+  requests[r] = request
+end
+
+-- Write the staged states (each key once: its last staged state) and reply.
+if commit then
+  for _, key in ipairs(pending_keys) do
+    local values = {}
+    for name, value in pairs(pending[key].fields) do
+      values[#values + 1] = name
+      values[#values + 1] = value
+    end
+    redis.call('HSET', key, unpack(values))
+    redis.call('PEXPIRE', key, ttl_ms(pending[key].expires_at))
+  end
+end
+
+local reply = {num(now)}
+for _, request in ipairs(requests) do
+  local counted = commit and request.room and request.hits > 0
+  reply[#reply + 1] = request.room and 1 or 0
+  for _, evaluation in ipairs(request.evaluations) do
+    local shown = counted and evaluation.committed or evaluation.kept
+    reply[#reply + 1] = evaluation.room and 1 or 0
+    reply[#reply + 1] = shown[1]
+    reply[#reply + 1] = num(shown[2])
+  end
 end
 return reply
