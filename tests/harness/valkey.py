@@ -7,6 +7,12 @@ temporary directory that ``stop()`` removes.
 
     with ValkeyServer(password="secret") as server:
         client = redis.Redis.from_url(server.url)
+
+Replication, for tests of replicas and demoted primaries:
+
+    with ValkeyServer() as primary, ValkeyServer() as replica:
+        replica.replicate(primary)   # REPLICAOF, waits until synced
+        replica.promote()            # REPLICAOF NO ONE, a primary again
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -169,6 +176,46 @@ class ValkeyServer:
         assert self._process is not None
         self._process.send_signal(signal.SIGCONT)
 
+    def role(self) -> str:
+        """``master`` or ``slave``, from ``INFO replication``."""
+        with self.client() as client:
+            return str(client.info("replication")["role"])
+
+    def replicate(self, primary: ValkeyServer, timeout: float = 10.0) -> None:
+        """Become a replica of ``primary`` (``REPLICAOF``) and wait until synced.
+
+        This server's data is replaced by the primary's; it refuses writes
+        (``READONLY``) from then on. The primary is told to start the full
+        sync at once (``repl-diskless-sync-delay 0``), not after 5 s, and
+        this server logs in to it with the primary's credentials.
+        """
+        with primary.client() as client:
+            client.config_set("repl-diskless-sync-delay", 0)
+        with self.client() as client:
+            if primary.password is not None:
+                client.config_set("masterauth", primary.password)
+            if primary.username is not None:
+                client.config_set("masteruser", primary.username)
+            client.replicaof(primary.host, primary.port)
+
+        def synced() -> bool:
+            with self.client() as client:
+                info = client.info("replication")
+            return (
+                info.get("role") == "slave"
+                and info.get("master_port") == primary.port
+                and info.get("master_link_status") == "up"
+                and not info.get("master_sync_in_progress")
+            )
+
+        _wait_until(synced, timeout, f"{self!r} not synced with {primary!r}")
+
+    def promote(self, timeout: float = 10.0) -> None:
+        """Stop replicating (``REPLICAOF NO ONE``) and wait until a primary."""
+        with self.client() as client:
+            client.replicaof("NO", "ONE")
+        _wait_until(lambda: self.role() == "master", timeout, f"{self!r} not a primary")
+
     def _launch(self, port: int) -> None:
         assert self._directory is not None
         directory = Path(self._directory.name)
@@ -237,6 +284,20 @@ class ValkeyServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it is true; ``RuntimeError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            last_error = exc
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} within {timeout} s (last error: {last_error})")
 
 
 def _tail(log: Path, lines: int = 20) -> str:
