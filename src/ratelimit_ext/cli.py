@@ -103,6 +103,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore
         " failure_policy (default %(default)s) [env RATELIMIT_EXT_FAILURE_POLICY]",
     )
     serve.add_argument(
+        "--all-or-nothing",
+        action="store_true",
+        default=_env_flag("ALL_OR_NOTHING"),
+        help="a rejected request consumes none of its descriptors, for domains"
+        " without their own all_or_nothing [env RATELIMIT_EXT_ALL_OR_NOTHING]",
+    )
+    serve.add_argument(
         "--replicas",
         type=int,
         default=int(_env("REPLICAS", "1") or 1),
@@ -268,6 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
             counting=CountingSettings(
                 failure_policy=FailurePolicy(args.failure_policy),
                 replicas=args.replicas,
+                all_or_nothing=args.all_or_nothing,
             ),
             guard=GuardSettings(timeout_seconds=args.store_timeout),
             coalesce_window=_coalesce_window(args.coalesce_window),

@@ -5,6 +5,14 @@ those the over-limit cache already knows to be over, sends the rest to the
 store in one call, and turns results into verdicts. When the store fails the
 domain's failure policy (or the server's default) decides, and every such
 decision is counted in a metric.
+
+All or nothing (``all_or_nothing`` of a domain, or the server's default):
+the descriptors of one decision are counted as one group, so a request that
+one descriptor rejects consumes none of the others. Only *binding*
+descriptors reject: shadow and quota-mode ones do not, and nothing does
+under the global shadow mode. A binding descriptor the over-limit cache
+knows to be over rejects the request without a store call; the others are
+then answered OK without a current limit, since they were not counted.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ class CountingSettings:
     failure_policy: FailurePolicy = FailurePolicy.UNAVAILABLE
     replicas: int = 1
     overlimit_cache: bool = True
+    all_or_nothing: bool = False
+    """The default for domains that do not set ``all_or_nothing`` themselves."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -69,16 +79,35 @@ class LimitCounter:
         self._local: MemoryStore | None = None
 
     async def count(
-        self, domain: Domain | None, limited: Sequence[Limited]
+        self,
+        domain: Domain | None,
+        limited: Sequence[Limited],
+        *,
+        enforcing: bool = True,
     ) -> list[DescriptorVerdict]:
+        """Verdicts for ``limited``, in order; ``enforcing`` False: global shadow."""
         verdicts: list[DescriptorVerdict | None] = [
             self._cached(item) for item in limited
         ]
+        together = enforcing and len(limited) > 1 and self._all_or_nothing(domain)
+        if together and any(
+            v is not None and _binding(i)
+            for i, v in zip(limited, verdicts, strict=True)
+        ):
+            return [
+                _uncounted(i) if v is None else v
+                for i, v in zip(limited, verdicts, strict=True)
+            ]
         pending = [i for i, v in zip(limited, verdicts, strict=True) if v is None]
         if not pending:
             return [v for v in verdicts if v is not None]
-        fresh = iter(await self._count_in_store(domain, pending))
+        fresh = iter(await self._count_in_store(domain, pending, together))
         return [next(fresh) if v is None else v for v in verdicts]
+
+    def _all_or_nothing(self, domain: Domain | None) -> bool:
+        if domain is not None and domain.all_or_nothing is not None:
+            return domain.all_or_nothing
+        return self._settings.all_or_nothing
 
     def _cached(self, item: Limited) -> DescriptorVerdict | None:
         if self.cache is None:
@@ -90,16 +119,15 @@ class LimitCounter:
         return _over(item, window, seconds_left)
 
     async def _count_in_store(
-        self, domain: Domain | None, items: Sequence[Limited]
+        self, domain: Domain | None, items: Sequence[Limited], together: bool
     ) -> list[DescriptorVerdict]:
-        requests = [CounterRequest(i.subject, i.windows, i.hits) for i in items]
         started = time.perf_counter()
         try:
-            results = await self._store.hit(requests)
+            results = await _hit(self._store, items, together)
         except StoreError as exc:
             self._telemetry.record_store(time.perf_counter() - started, exc)
             self.health.failed(exc)
-            return await self._degraded(domain, items, exc)
+            return await self._degraded(domain, items, together, exc)
         self._telemetry.record_store(time.perf_counter() - started)
         self.health.succeeded()
         if self.cache is not None:
@@ -109,7 +137,11 @@ class LimitCounter:
         return [verdict_of(i, r) for i, r in zip(items, results, strict=True)]
 
     async def _degraded(
-        self, domain: Domain | None, items: Sequence[Limited], error: StoreError
+        self,
+        domain: Domain | None,
+        items: Sequence[Limited],
+        together: bool,
+        error: StoreError,
     ) -> list[DescriptorVerdict]:
         """Verdicts under the failure policy; re-raises for ``unavailable``."""
         policy = (domain and domain.failure_policy) or self._settings.failure_policy
@@ -121,8 +153,7 @@ class LimitCounter:
         if policy is FailurePolicy.DENY:
             return [_over(i, i.windows[0], self._until_window_end(i)) for i in items]
         local = [self._share(item) for item in items]
-        requests = [CounterRequest(i.subject, i.windows, i.hits) for i in local]
-        results = await self._local_store().hit(requests)
+        results = await _hit(self._local_store(), local, together)
         return [verdict_of(i, r) for i, r in zip(local, results, strict=True)]
 
     def _share(self, item: Limited) -> Limited:
@@ -141,6 +172,29 @@ class LimitCounter:
     def _until_window_end(self, item: Limited) -> float:
         period = item.windows[0].unit.seconds
         return period - self._clock() % period
+
+
+async def _hit(
+    store: Store, items: Sequence[Limited], together: bool
+) -> list[CounterResult]:
+    """One store call: the items as one group, or each alone."""
+    requests = [
+        CounterRequest(i.subject, i.windows, i.hits, _binding(i)) for i in items
+    ]
+    if together:
+        (results,) = await store.hit_groups([requests])
+        return results
+    return await store.hit(requests)
+
+
+def _binding(item: Limited) -> bool:
+    """Whether the item's refusal rejects the request (all or nothing)."""
+    return not (item.shadow or item.quota_mode)
+
+
+def _uncounted(item: Limited) -> DescriptorVerdict:
+    """Not counted: another descriptor rejected the request (all or nothing)."""
+    return DescriptorVerdict(Code.OK, name=item.name, quota_mode=item.quota_mode)
 
 
 def _over(item: Limited, window: Window, reset_seconds: float) -> DescriptorVerdict:

@@ -94,7 +94,9 @@ class DecisionEngine:
         if bypass is not None:
             self._apply_bypass(bypass, query, caller, resolved)
         limited = [r for r in resolved if isinstance(r, Limited)]
-        answers = await self.counter.count(compiled.domain, limited)
+        answers = await self.counter.count(
+            compiled.domain, limited, enforcing=not self._shadow_mode
+        )
         self._record_limits(query.domain, limited, answers)
         counted = iter(answers)
         verdicts = tuple(

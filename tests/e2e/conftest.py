@@ -9,13 +9,10 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 
-import httpx
 import pytest
 
-from e2e.stack import DOMAIN, Edge, make_callers, write_config
-from harness.envoy import EnvoyProcess, edge_bootstrap
+from e2e.stack import Edge, open_edge
 from harness.server import ServerProcess
-from harness.upstream import EchoUpstream
 
 
 @pytest.fixture(
@@ -28,27 +25,8 @@ def edge(
     """Upstream + ratelimit-ext (memory or redis store) + Envoy, per module."""
     kind: str = request.param
     store = request.getfixturevalue("valkey").url if kind == "redis" else "memory"
-    workdir = tmp_path_factory.mktemp(f"edge-{kind}")
-    callers = make_callers()
-    config = write_config(workdir / "config", callers)
-
     with ExitStack() as stack:
-        upstream = stack.enter_context(EchoUpstream())
-        # Envoy here waits up to 1 s; so may the store, on a CI machine whose two
-        # cores also run Envoy, Valkey and the test itself.
-        server = stack.enter_context(
-            ServerProcess(
-                config, workdir, store=store, extra_args=("--store-timeout", "0.5")
-            )
-        )
-        bootstrap = edge_bootstrap(
-            server_port=server.port, upstream_port=upstream.port, domain=DOMAIN
-        )
-        envoy = stack.enter_context(EnvoyProcess(bootstrap, workdir))
-        client = stack.enter_context(
-            httpx.Client(base_url=envoy.http_url, trust_env=False, timeout=10.0)
-        )
-        yield Edge(kind, server, envoy, upstream, client, callers)
+        yield open_edge(stack, kind, store, tmp_path_factory.mktemp(f"edge-{kind}"))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -12,6 +12,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import yaml
 
-from harness.envoy import EnvoyProcess
+from harness.envoy import EnvoyProcess, edge_bootstrap
 from harness.server import ServerProcess
 from harness.upstream import EchoUpstream
 
@@ -92,7 +93,9 @@ def make_callers(tiers: Mapping[str, str] = CALLER_TIERS) -> dict[str, Caller]:
     }
 
 
-def write_config(directory: Path, callers: Mapping[str, Caller]) -> Path:
+def write_config(
+    directory: Path, callers: Mapping[str, Caller], policy: Mapping[str, Any] = POLICY
+) -> Path:
     """A config directory: the policy YAML plus an ``api_keys`` file."""
     directory.mkdir(parents=True, exist_ok=True)
     keys = [
@@ -103,10 +106,40 @@ def write_config(directory: Path, callers: Mapping[str, Caller]) -> Path:
         }
         for c in callers.values()
     ]
-    (directory / "policy.yaml").write_text(yaml.safe_dump(POLICY, sort_keys=False))
+    (directory / "policy.yaml").write_text(
+        yaml.safe_dump(dict(policy), sort_keys=False)
+    )
     (directory / "api_keys.yaml").write_text(yaml.safe_dump({"api_keys": keys}))
 
     return directory
+
+
+def open_edge(
+    stack: ExitStack,
+    kind: str,
+    store: str,
+    workdir: Path,
+    policy: Mapping[str, Any] = POLICY,
+) -> Edge:
+    """Upstream + ratelimit-ext on ``store`` + Envoy, stopped with ``stack``."""
+    callers = make_callers()
+    config = write_config(workdir / "config", callers, policy)
+    upstream = stack.enter_context(EchoUpstream())
+    # Envoy here waits up to 1 s; so may the store, on a CI machine whose two
+    # cores also run Envoy, Valkey and the test itself.
+    server = stack.enter_context(
+        ServerProcess(
+            config, workdir, store=store, extra_args=("--store-timeout", "0.5")
+        )
+    )
+    bootstrap = edge_bootstrap(
+        server_port=server.port, upstream_port=upstream.port, domain=DOMAIN
+    )
+    envoy = stack.enter_context(EnvoyProcess(bootstrap, workdir))
+    client = stack.enter_context(
+        httpx.Client(base_url=envoy.http_url, trust_env=False, timeout=10.0)
+    )
+    return Edge(kind, server, envoy, upstream, client, callers)
 
 
 def wait_for_window_room(needed: float = 5.0) -> None:

@@ -38,6 +38,7 @@ _DOMAIN_FIELDS = (
     "tiers",
     "rules",
     "failure_policy",
+    "all_or_nothing",
 )
 _DESCRIPTOR_FIELDS = (
     "key",
@@ -78,8 +79,14 @@ def parse_domain(reader: Reader, root: Node) -> Domain | None:
         identity_key=optional_name(reader, fields, "identity_key") or "user_id",
         rules=rules,
         failure_policy=_parse_failure_policy(reader, fields),
+        all_or_nothing=_parse_all_or_nothing(reader, fields),
         source=reader.source(fields["domain"]),
     )
+
+
+def _parse_all_or_nothing(reader: Reader, fields: dict[str, Node]) -> bool | None:
+    node = optional(fields, "all_or_nothing")
+    return None if node is None else reader.flag(node, "all_or_nothing")
 
 
 def _parse_failure_policy(

@@ -176,6 +176,8 @@ class Domain:
     identity_key: str = "user_id"
     rules: tuple[BusinessRule, ...] = ()
     failure_policy: FailurePolicy | None = None
+    all_or_nothing: bool | None = None
+    """A rejected request consumes none of its descriptors; None: server default."""
     source: Source | None = None
 
     def tier(self, name: str | None) -> Tier | None:

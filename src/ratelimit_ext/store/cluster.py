@@ -5,12 +5,23 @@ URL: ``redis+cluster://[user:pass@]host1:port1,host2:port2,...`` or
 which of the 16384 slots is discovered from them by the ``NodesManager`` of
 redis-py's ``RedisCluster`` and refreshed when it changes.
 
-One ``hit`` call: every request becomes one ``EVALSHA`` of the counter script
-with the keys of ``RedisStore`` (``script.py``). All keys of a request share
-one hash tag, so a call never crosses slots. The calls are grouped by the
-master owning their slot; each master gets one pipeline, and the pipelines
-run concurrently (``asyncio.gather``): a call costs one round trip to the
-slowest master involved, never one per key or one master after another.
+One ``hit_groups`` call: every group of requests becomes one ``EVALSHA`` of
+the counter script per master owning some of its subjects, with the keys of
+``RedisStore`` (``script.py``). All keys of a subject share one hash tag, so
+a group of one request never crosses slots; a group whose subjects live in
+several slots of one master is one call that declares the keys of its first
+slot and names the others in its arguments, under the script flag
+``allow-cross-slot-keys``: still atomic, still one call. The calls are grouped
+by master; each master gets one pipeline, and the pipelines run concurrently
+(``asyncio.gather``): a call costs one round trip to the slowest master
+involved, never one per key or one master after another.
+
+A group split over several masters cannot be atomic. Each master decides
+its part all or nothing; if a binding request of one part was refused, the
+parts that committed are taken back with ``lua/undo.lua`` in one more round
+(run to its end even if the caller stops waiting; a failure is logged). In
+between, those hits are visible to other requests: an all-or-nothing group
+split over masters can make others refuse early, never admit more.
 ``reset`` (the admin API's ResetCounters) works the same way: one ``DEL`` per
 subject, one pipeline per master.
 
