@@ -38,7 +38,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -49,15 +48,23 @@ from typing import Any
 
 from benchlib import (
     LOOPBACK,
+    REDIS_COLUMNS,
     BenchError,
+    Column,
+    Result,
+    add_common_arguments,
+    add_valkey_totals,
+    bench_main,
     breaker_summary,
+    comma_list,
+    fmt,
     free_port,
     log_tail,
-    raise_on_sigterm,
-    start_server,
-    start_store,
+    new_parser,
+    print_rows,
+    start_backend,
     started,
-    sum_valkey,
+    use_test_harness,
     wait_ready,
 )
 from redis_stats import RedisProbe
@@ -96,38 +103,13 @@ COUNTER_FILTER = (
     rf"^(cluster\.({UPSTREAM_CLUSTER}|{SERVER_CLUSTER})\.|http\.{INGRESS}\.)"
 )
 
-Result = dict[str, Any]
-
 
 # --- Envoy ---------------------------------------------------------------------
 
 
-def _socket(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": LOOPBACK, "port_value": port}}
-
-
-def _cluster(name: str, port: int, *, http2: bool) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(port)}}]}],
-        },
-    }
-    if http2:
-        options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-        cluster["typed_extension_protocol_options"] = {
-            options: {
-                "@type": _TYPE + options,
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    return cluster
-
-
-def _listener(name: str, port: int, routes: list[Any], filters: list[Any]) -> Any:
+def _listener(
+    name: str, address: dict[str, Any], routes: list[Any], filters: list[Any]
+) -> Any:
     manager = {
         "@type": _TYPE + _HCM + ".HttpConnectionManager",
         "stat_prefix": name,
@@ -147,7 +129,7 @@ def _listener(name: str, port: int, routes: list[Any], filters: list[Any]) -> An
     }
     return {
         "name": name,
-        "address": _socket(port),
+        "address": address,
         "filter_chains": [
             {
                 "filters": [
@@ -164,10 +146,16 @@ def _listener(name: str, port: int, routes: list[Any], filters: list[Any]) -> An
 def envoy_bootstrap(
     responder_port: int, server_port: int | None, rls_timeout_ms: int
 ) -> dict[str, Any]:
-    """Ingress (with the rate-limit filter if server_port) -> responder."""
+    """Ingress (with the rate-limit filter if server_port) -> responder.
+
+    Addresses and clusters are built as the e2e tests' Envoy builds them.
+    """
+    use_test_harness()
+    from harness.envoy import socket_address, static_cluster
+
     route: dict[str, Any] = {"cluster": UPSTREAM_CLUSTER}
     filters: list[Any] = []
-    clusters = [_cluster(UPSTREAM_CLUSTER, responder_port, http2=False)]
+    clusters = [static_cluster(UPSTREAM_CLUSTER, responder_port, http2=False)]
     if server_port is not None:
         route["rate_limits"] = [
             {"actions": [{"generic_key": {"descriptor_value": "bench"}}]},
@@ -200,21 +188,26 @@ def envoy_bootstrap(
                 },
             }
         )
-        clusters.append(_cluster(SERVER_CLUSTER, server_port, http2=True))
+        clusters.append(static_cluster(SERVER_CLUSTER, server_port, http2=True))
     responder_route = {
         "match": {"prefix": "/"},
         "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
     }
     return {
-        "admin": {"address": _socket(0)},
+        "admin": {"address": socket_address(0)},
         # Histograms are merged from the worker on each admin /stats call.
         "stats_flush_on_admin": True,
         "static_resources": {
             "listeners": [
                 _listener(
-                    INGRESS, 0, [{"match": {"prefix": "/"}, "route": route}], filters
+                    INGRESS,
+                    socket_address(0),
+                    [{"match": {"prefix": "/"}, "route": route}],
+                    filters,
                 ),
-                _listener(RESPONDER, responder_port, [responder_route], []),
+                _listener(
+                    RESPONDER, socket_address(responder_port), [responder_route], []
+                ),
             ],
             "clusters": clusters,
         },
@@ -535,8 +528,7 @@ def measure(
         "other_cpu_pct": round(max(0.0, cpu["machine"] - ours) * 100 / elapsed, 1),
     }
     if running.name == "cluster":
-        for key in ("cpu_s", "cpu_us_per_request"):
-            result[key]["valkey"] = sum_valkey(result[key])
+        add_valkey_totals(result, ("cpu_s", "cpu_us_per_request"))
     if redis_before is not None and redis_after is not None:
         decisions = (
             counters["rls_ok"] + counters["rls_over_limit"] + counters["rls_error"]
@@ -590,15 +582,12 @@ def bench_target(
         server_log = target_dir / "no-server.log"
         probe = None
         if name != "none":
-            store = start_store(stack, args, target_dir, name)
-            address, proc, server_log = start_server(
-                stack, args, target_dir, name, store.url
-            )
-            server_port = int(address.rpartition(":")[2])
-            watch.update(store.watch)
-            watch["server"] = proc.pid
-            if store.nodes:
-                probe = RedisProbe(store.nodes)
+            backend = start_backend(stack, args, target_dir, name)
+            server_port = int(backend.address.rpartition(":")[2])
+            server_log = backend.log
+            watch.update(backend.watch)
+            if backend.nodes:
+                probe = RedisProbe(backend.nodes)
                 stack.callback(probe.close)
         envoy = start_envoy(stack, args, target_dir, server_port)
         watch["envoy"] = envoy.pid
@@ -632,20 +621,11 @@ def bench_target(
 # --- report --------------------------------------------------------------------
 
 
-def fmt(value: object, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def bound(value: dict[str, float] | None) -> str:
     return "-" if value is None else f"<{value['upper']:g}"
 
 
-def redis_cell(result: Result, key: str) -> str:
-    redis = result.get("redis")
-    return fmt(redis[key] if redis else None, ".2f")
-
-
-COLUMNS = (
+COLUMNS: tuple[Column, ...] = (
     ("target", 7, lambda r: r["target"]),
     ("run", 9, lambda r: "sat" if r["run"] == "saturated" else "paced"),
     ("req/s", 7, lambda r: fmt(r["requests_per_s"], ".0f")),
@@ -660,8 +640,7 @@ COLUMNS = (
     ("timeouts", 8, lambda r: fmt(r["envoy"]["rls_timeouts"])),
     ("srv us/req", 10, lambda r: fmt(r["cpu_us_per_request"].get("server"), ".0f")),
     ("envoy us/req", 12, lambda r: fmt(r["cpu_us_per_request"]["envoy"], ".0f")),
-    ("cmds/dec", 8, lambda r: redis_cell(r, "commands_per_decision")),
-    ("rt/dec", 6, lambda r: redis_cell(r, "round_trips_per_decision")),
+    *REDIS_COLUMNS,
     ("http err", 8, lambda r: fmt(r["http_errors"] + r["http_non_2xx"])),
     ("other cpu%", 10, lambda r: fmt(r["other_cpu_pct"], ".0f")),
 )
@@ -679,18 +658,13 @@ def add_ratios(results: list[Result]) -> None:
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     mode = "over-limit" if args.over_limit else "under-limit"
-    print(
+    heading = (
         f"# wrk {args.threads} thread(s), {args.connections} connections,"
         f" {args.seconds}s per run (+{args.warmup}s warm-up); envoy"
         f" {args.envoy_concurrency} worker(s), RLS timeout {args.rls_timeout_ms} ms,"
         f" failure_mode_deny false; {mode}; {os.cpu_count()} CPUs"
     )
-    if args.server_arg:
-        print(f"# server args: {' '.join(args.server_arg)}")
-    print("  ".join(name.rjust(width) for name, width, _ in COLUMNS).rstrip())
-    for result in results:
-        cells = (cell(result).rjust(width) for _, width, cell in COLUMNS)
-        print("  ".join(cells).rstrip())
+    print_rows(heading, args, COLUMNS, results)
     for result in results:
         if result["run"] == "paced":
             print(
@@ -731,14 +705,6 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
 # --- main ----------------------------------------------------------------------
 
 
-def target_list(text: str) -> list[str]:
-    targets = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = sorted(set(targets) - set(TARGETS))
-    if unknown or not targets:
-        raise argparse.ArgumentTypeError(f"targets must be among {','.join(TARGETS)}")
-    return targets
-
-
 def rate_spec(text: str) -> tuple[str, float] | None:
     """``off``, ``P%`` of the saturated throughput, or an absolute req/s."""
     if text == "off":
@@ -760,13 +726,10 @@ def rate_spec(text: str) -> tuple[str, float] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = new_parser(__doc__)
     parser.add_argument(
         "--targets",
-        type=target_list,
+        type=comma_list(TARGETS, "targets"),
         default=list(TARGETS),
         help="comma-separated; 'none' is Envoy without the rate-limit filter",
     )
@@ -805,21 +768,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--envoy-concurrency", type=bounded(int, 1, 4), default=1, help="workers"
     )
-    parser.add_argument(
-        "--over-limit",
-        action="store_true",
-        help="policy of 1/hour: almost every request is answered 429",
+    add_common_arguments(
+        parser, over_limit="policy of 1/hour: almost every request is answered 429"
     )
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra argument for the server, repeatable",
-    )
-    parser.add_argument("--valkey-server", help="valkey-server binary to use")
     parser.add_argument("--wrk", help="wrk binary (default: wrk on PATH)")
-    parser.add_argument("--json", action="store_true", help="print JSON results")
     return parser
 
 
@@ -828,32 +780,16 @@ def main() -> int:
     args.wrk = wrk_binary(args.wrk)
     if args.connections < args.threads:
         raise SystemExit("bench_envoy: --connections must be at least --threads")
-    raise_on_sigterm()
-    results: list[Result] = []
-    failed = False
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench_envoy-") as tmp:
-            baseline: Result | None = None
-            for name in args.targets:
-                try:
-                    target_results = bench_target(name, args, Path(tmp), baseline)
-                except BenchError as exc:
-                    print(f"bench_envoy: {name}: {exc}", file=sys.stderr)
-                    failed = True
-                    continue
-                if name == "none":
-                    baseline = target_results[0]
-                results.extend(target_results)
-    except KeyboardInterrupt:
-        print("bench_envoy: interrupted", file=sys.stderr)
-        return 130
-    add_ratios(results)
-    if args.json:
-        config = {k: v for k, v in vars(args).items() if k != "json"}
-        print(json.dumps({"config": config, "results": results}, indent=2))
-    else:
-        print_table(results, args)
-    return 1 if failed else 0
+    baseline: Result | None = None  # the saturated run of target "none"
+
+    def bench(name: str, workdir: Path) -> list[Result]:
+        nonlocal baseline
+        results = bench_target(name, args, workdir, baseline)
+        if name == "none":
+            baseline = results[0]
+        return results
+
+    return bench_main("bench_envoy", args, args.targets, bench, add_ratios, print_table)
 
 
 if __name__ == "__main__":

@@ -22,36 +22,39 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 from benchlib import (
+    LOOPBACK,
     PERF_DIR,
+    REDIS_COLUMNS,
     STOP_TIMEOUT_S,
     BenchError,
+    Column,
+    Result,
+    add_common_arguments,
+    add_valkey_totals,
+    bench_main,
     breaker_summary,
+    comma_list,
+    fmt,
     free_port,
     log_tail,
-    raise_on_sigterm,
-    start_server,
-    start_store,
+    new_parser,
+    print_rows,
+    start_backend,
     started,
     stop_process,
-    sum_valkey,
     wait_ready,
 )
 from redis_stats import describe as describe_redis
 from rls_load import USERS, bench_request, bounded
 
 STORES = ("floor", "memory", "redis", "cluster")
-LOOPBACK = "127.0.0.1"
-
-Result = dict[str, Any]  # one target's JSON result from rls_load.py
 
 
 @dataclass
@@ -94,10 +97,8 @@ def start_target(
 ) -> Target:
     if store == "floor":
         return start_floor(stack, args, workdir)
-    backend = start_store(stack, args, workdir, store)
-    address, proc, log = start_server(stack, args, workdir, store, backend.url)
-    watch = {**backend.watch, "server": proc.pid}
-    return Target(store, address, log, watch, backend.nodes)
+    backend = start_backend(stack, args, workdir, store)
+    return Target(store, backend.address, backend.log, backend.watch, backend.nodes)
 
 
 # --- load ----------------------------------------------------------------------
@@ -176,9 +177,8 @@ def bench_one(store: str, args: argparse.Namespace, workdir: Path) -> Result:
             wait_profiler(profiler, spy_log)
     if store != "floor":
         result["breaker"] = breaker_summary(target.log)
-    for key in ("cpu_s", "cpu_us_per_call"):  # cluster: one figure for 6 nodes
-        if store == "cluster":
-            result[key]["valkey"] = sum_valkey(result[key])
+    if store == "cluster":
+        add_valkey_totals(result, ("cpu_s", "cpu_us_per_call"))
     if result["errors"]:
         print(
             f"bench_rls: {store} server log:\n{log_tail(target.log)}", file=sys.stderr
@@ -197,16 +197,7 @@ def add_floor_ratio(results: list[Result]) -> None:
         result["server_cpu_vs_floor"] = round(cpu / base, 2) if base and cpu else None
 
 
-def fmt(value: object, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def redis_per_decision(result: Result, key: str) -> str:
-    redis = result.get("redis")
-    return fmt(redis[key] if redis else None, ".2f")
-
-
-COLUMNS = (
+COLUMNS: tuple[Column, ...] = (
     ("target", 7, lambda r: r["target"]),
     ("calls", 8, lambda r: fmt(r["calls"])),
     ("errors", 6, lambda r: fmt(r["errors"])),
@@ -217,8 +208,7 @@ COLUMNS = (
     ("x floor", 7, lambda r: fmt(r["server_cpu_vs_floor"], ".2f")),
     ("main us/call", 12, lambda r: fmt(r["cpu_us_per_call"]["server_main"], ".0f")),
     ("valkey us/call", 14, lambda r: fmt(r["cpu_us_per_call"].get("valkey"), ".0f")),
-    ("cmds/dec", 8, lambda r: redis_per_decision(r, "commands_per_decision")),
-    ("rt/dec", 6, lambda r: redis_per_decision(r, "round_trips_per_decision")),
+    *REDIS_COLUMNS,
     ("load us/call", 12, lambda r: fmt(r["cpu_us_per_call"]["load"], ".0f")),
     ("other cpu%", 10, lambda r: fmt(r["other_cpu_pct"], ".0f")),
     ("codes", 0, lambda r: " ".join(f"{k}={v}" for k, v in sorted(r["codes"].items()))),
@@ -227,16 +217,11 @@ COLUMNS = (
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     mode = "over-limit" if args.over_limit else "under-limit"
-    print(
+    heading = (
         f"# {args.clients} clients, {args.channels} channel(s), {args.seconds:g}s"
         f" (+{args.warmup:g}s warm-up), {mode}, {os.cpu_count()} CPUs"
     )
-    if args.server_arg:
-        print(f"# server args: {' '.join(args.server_arg)}")
-    print("  ".join(name.rjust(width) for name, width, _ in COLUMNS).rstrip())
-    for result in results:
-        cells = (cell(result).rjust(width) for _, width, cell in COLUMNS)
-        print("  ".join(cells).rstrip())
+    print_rows(heading, args, COLUMNS, results)
     for result in results:
         if result["errors"]:
             print(f"# {result['target']} errors: {result['error_codes']}")
@@ -262,19 +247,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
 # --- main ----------------------------------------------------------------------
 
 
-def store_list(text: str) -> list[str]:
-    stores = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = sorted(set(stores) - set(STORES))
-    if unknown or not stores:
-        raise argparse.ArgumentTypeError(f"stores must be among {','.join(STORES)}")
-    return stores
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = new_parser(__doc__)
     parser.add_argument(
         "--clients",
         type=bounded(int, 1, 512),
@@ -301,26 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--stores",
-        type=store_list,
+        type=comma_list(STORES, "stores"),
         default=list(STORES),
         help="comma-separated targets, run in this order",
     )
-    parser.add_argument(
-        "--over-limit",
-        action="store_true",
-        help="policy of 1/hour: every call is OVER_LIMIT (each distinct request "
-        "is first primed until all its descriptors are OVER_LIMIT)",
+    add_common_arguments(
+        parser,
+        over_limit="policy of 1/hour: every call is OVER_LIMIT (each distinct "
+        "request is first primed until all its descriptors are OVER_LIMIT)",
     )
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra argument for the real server, repeatable "
-        "(e.g. --server-arg=--store-timeout=1)",
-    )
-    parser.add_argument("--valkey-server", help="valkey-server binary to use")
-    parser.add_argument("--json", action="store_true", help="print JSON results")
     parser.add_argument(
         "--py-spy",
         metavar="DIR",
@@ -332,27 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    raise_on_sigterm()
-    results: list[Result] = []
-    failed = False
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench_rls-") as tmp:
-            for store in args.stores:
-                try:
-                    results.append(bench_one(store, args, Path(tmp)))
-                except BenchError as exc:
-                    print(f"bench_rls: {store}: {exc}", file=sys.stderr)
-                    failed = True
-    except KeyboardInterrupt:
-        print("bench_rls: interrupted", file=sys.stderr)
-        return 130
-    add_floor_ratio(results)
-    if args.json:
-        config = {k: v for k, v in vars(args).items() if k != "json"}
-        print(json.dumps({"config": config, "results": results}, indent=2))
-    else:
-        print_table(results, args)
-    return 1 if failed else 0
+    return bench_main(
+        "bench_rls",
+        args,
+        args.stores,
+        lambda store, workdir: [bench_one(store, args, workdir)],
+        add_floor_ratio,
+        print_table,
+    )
 
 
 if __name__ == "__main__":

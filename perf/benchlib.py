@@ -1,31 +1,39 @@
-"""Process and store helpers shared by bench_rls.py and bench_envoy.py.
+"""What bench_rls.py and bench_envoy.py share: processes, stores, CLI, report.
 
 Every process is started in its own session on free loopback ports and stopped
 again (SIGTERM, then SIGKILL after STOP_TIMEOUT_S) when its context exits, also
 on errors, Ctrl-C and SIGTERM (see ``raise_on_sigterm``). The 6-node cluster
-comes from the test harness (``tests/harness/cluster.py``), imported read-only.
+(and bench_envoy's Envoy clusters) come from the test harness
+(``tests/harness/``, see ``use_test_harness``), imported read-only.
+
+``bench_main`` is both scripts' main loop: one target after another in one
+temporary directory, then the results as JSON or as a table (``print_rows``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO_DIR = PERF_DIR.parent
+TESTS_DIR = REPO_DIR / "tests"
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 LOOPBACK = "127.0.0.1"
@@ -40,6 +48,10 @@ descriptors:
   - key: user_id
     rate_limit: {{unit: {unit}, requests_per_unit: {limit}}}
 """
+
+
+Result = dict[str, Any]  # one target's (or run's) results, as in the JSON output
+Column = tuple[str, int, Callable[[Result], str]]  # heading, width, cell
 
 
 class BenchError(RuntimeError):
@@ -125,6 +137,12 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def use_test_harness() -> None:
+    """Make the test suite's ``harness`` package importable (perf only reads it)."""
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR))
+
+
 # --- readiness probes ----------------------------------------------------------
 
 
@@ -186,9 +204,7 @@ def start_cluster(
     stack: contextlib.ExitStack, args: argparse.Namespace, _workdir: Path
 ) -> Store:
     """3 masters + 3 replicas from the test harness (formed through redis-py)."""
-    tests_dir = str(REPO_DIR / "tests")
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
+    use_test_harness()
     from harness.cluster import ValkeyCluster
 
     cluster = ValkeyCluster(
@@ -260,12 +276,37 @@ def start_server(
     return address, proc, log
 
 
+@dataclass
+class Backend:
+    """A store and the real server on it, both running."""
+
+    address: str  # the server's host:port
+    log: Path  # the server's log
+    watch: dict[str, int]  # name -> pid (CPU): the store's processes and "server"
+    nodes: list[str]  # Redis host:port for INFO stats (none for memory)
+
+
+def start_backend(
+    stack: contextlib.ExitStack, args: argparse.Namespace, workdir: Path, store: str
+) -> Backend:
+    """``start_store``, then ``start_server`` on it; ``stack`` stops both."""
+    backend = start_store(stack, args, workdir, store)
+    address, proc, log = start_server(stack, args, workdir, store, backend.url)
+    return Backend(address, log, {**backend.watch, "server": proc.pid}, backend.nodes)
+
+
 def sum_valkey(per_name: dict[str, float | None]) -> float | None:
     """One ``valkey`` figure from the per-node ``valkey<i>`` entries, if any."""
     values = [v for k, v in per_name.items() if k.startswith("valkey")]
     if not values or any(v is None for v in values):
         return None
     return round(sum(v for v in values if v is not None), 1)
+
+
+def add_valkey_totals(result: Result, keys: Iterable[str]) -> None:
+    """Cluster: under each of ``keys``, one ``valkey`` figure for all nodes."""
+    for key in keys:
+        result[key]["valkey"] = sum_valkey(result[key])
 
 
 def breaker_summary(log: Path) -> dict[str, object]:
@@ -288,3 +329,117 @@ def breaker_summary(log: Path) -> dict[str, object]:
             opened += 1
         last = new or last
     return {"opened": opened, "last_state": last}
+
+
+# --- command line and main loop ------------------------------------------------
+
+
+def new_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc``, showing defaults."""
+    return argparse.ArgumentParser(
+        description=doc.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def comma_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a non-empty comma-separated list among ``choices``."""
+
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        unknown = sorted(set(names) - set(choices))
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be among {','.join(choices)}"
+            )
+        return names
+
+    return parse
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, over_limit: str) -> None:
+    """--over-limit (``over_limit`` is its help), --server-arg, --valkey-server
+    and --json, which both benchmarks take."""
+    parser.add_argument("--over-limit", action="store_true", help=over_limit)
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the real server, repeatable "
+        "(e.g. --server-arg=--store-timeout=1)",
+    )
+    parser.add_argument("--valkey-server", help="valkey-server binary to use")
+    parser.add_argument("--json", action="store_true", help="print JSON results")
+
+
+def bench_main(
+    prog: str,
+    args: argparse.Namespace,
+    names: Iterable[str],
+    bench: Callable[[str, Path], list[Result]],
+    add_ratios: Callable[[list[Result]], None],
+    print_table: Callable[[list[Result], argparse.Namespace], None],
+) -> int:
+    """Run ``bench(name, workdir)`` for each target, then print the results.
+
+    All targets share one temporary directory. A target that fails with
+    BenchError is reported on stderr and the next one runs (exit code 1);
+    Ctrl-C stops everything (exit code 130). ``--json`` prints the arguments
+    and results as JSON, otherwise ``print_table`` prints them.
+    """
+    raise_on_sigterm()
+    results: list[Result] = []
+    failed = False
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{prog}-") as tmp:
+            for name in names:
+                try:
+                    results.extend(bench(name, Path(tmp)))
+                except BenchError as exc:
+                    print(f"{prog}: {name}: {exc}", file=sys.stderr)
+                    failed = True
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    add_ratios(results)
+    if args.json:
+        config = {k: v for k, v in vars(args).items() if k != "json"}
+        print(json.dumps({"config": config, "results": results}, indent=2))
+    else:
+        print_table(results, args)
+    return 1 if failed else 0
+
+
+# --- report --------------------------------------------------------------------
+
+
+def fmt(value: object, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def redis_cell(result: Result, key: str) -> str:
+    redis = result.get("redis")
+    return fmt(redis[key] if redis else None, ".2f")
+
+
+REDIS_COLUMNS: tuple[Column, ...] = (
+    ("cmds/dec", 8, lambda r: redis_cell(r, "commands_per_decision")),
+    ("rt/dec", 6, lambda r: redis_cell(r, "round_trips_per_decision")),
+)
+
+
+def print_rows(
+    heading: str,
+    args: argparse.Namespace,
+    columns: Sequence[Column],
+    results: list[Result],
+) -> None:
+    """``heading``, the extra server arguments, then a row per result."""
+    print(heading)
+    if args.server_arg:
+        print(f"# server args: {' '.join(args.server_arg)}")
+    print("  ".join(name.rjust(width) for name, width, _ in columns).rstrip())
+    for result in results:
+        cells = (cell(result).rjust(width) for _, width, cell in columns)
+        print("  ".join(cells).rstrip())

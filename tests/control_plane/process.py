@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 
 from harness.ports import LOOPBACK, free_port
-from harness.server import SRC_DIR
+from harness.process import ChildProcess, StartStop
+from harness.server import SRC_DIR, python_env
 from ratelimit_ext._proto.ratelimit_ext.admin.v1 import admin_pb2 as pb
 from ratelimit_ext.admin.client import AdminClient
 
+STOP_TIMEOUT = 10.0
 
-class ControlPlaneProcess:
+
+class ControlPlaneProcess(StartStop):
     """A control plane over ``config_dir`` with its admin API on a free port."""
 
     def __init__(
@@ -35,7 +35,7 @@ class ControlPlaneProcess:
         self.address = f"{LOOPBACK}:{free_port()}"
         self.extra_args = tuple(extra_args)
         self.log_path = workdir / f"control-plane-{self.address.split(':')[1]}.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child = ChildProcess("control plane", self.log_path)
 
     def command(self) -> list[str]:
         return [
@@ -56,68 +56,41 @@ class ControlPlaneProcess:
         return AdminClient(self.address, token_file=self.token_file, actor=actor)
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "<no log>"
+        """Its combined stdout and stderr so far (the tail if long)."""
+        return self._child.log_text()
 
     def start(self) -> ControlPlaneProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(SRC_DIR))
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self._child.start(
+            self.command(),
+            wait=self._wait_ready,
+            stop_timeout=STOP_TIMEOUT,
+            env=python_env(),
+        )
+
         return self
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
+        """Until ``GetServerInfo`` answers; AssertionError with the log if not."""
         with self.client() as client:
-            while time.monotonic() < deadline:
-                if self._process is not None and self._process.poll() is not None:
-                    raise AssertionError(f"control plane exited:\n{self.log_text()}")
+
+            def answers() -> bool:
                 try:
                     client.call(
                         "GetServerInfo",
                         pb.GetServerInfoRequest(),
                         pb.GetServerInfoResponse,
                     )
-                    return
                 except grpc.RpcError:
-                    time.sleep(0.05)
-        raise AssertionError(f"control plane not ready:\n{self.log_text()}")
+                    return False
+                return True
+
+            self._child.wait_until(answers, timeout=timeout, state="ready")
 
     def stop(self) -> int:
-        process = self._process
-        if process is None:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; 0 if never started."""
+        if not self._child.started:
             return 0
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        return process.returncode
-
-    def __enter__(self) -> ControlPlaneProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self._child.stop(STOP_TIMEOUT)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,25 +16,23 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from .ports import LOOPBACK
+from .process import LOG_TAIL_CHARS as LOG_TAIL_CHARS
+from .process import ChildProcess, StartStop
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 RATELIMIT = "envoy.filters.http.ratelimit"
 SERVER_CLUSTER = "ratelimit_ext"
 UPSTREAM_CLUSTER = "upstream"
 LISTENER = "ingress"
-LOG_TAIL_CHARS = 8000
 
 AUTHZ_LIMITED_PREFIX = "/authz-limited/"
 """Routes under this prefix ask ext_authz to enforce the tier limit in Check."""
@@ -74,18 +72,25 @@ def validate_config(path: Path) -> subprocess.CompletedProcess[str]:
 # --- bootstrap pieces ---------------------------------------------------------
 
 
-def _socket(port: int, host: str = LOOPBACK) -> dict[str, Any]:
+def socket_address(port: int, host: str = LOOPBACK) -> dict[str, Any]:
+    """An Envoy ``Address`` of ``host:port`` (port 0: the kernel picks one)."""
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _cluster(name: str, port: int, *, http2: bool) -> dict[str, Any]:
+def static_cluster(name: str, port: int, *, http2: bool) -> dict[str, Any]:
+    """A STATIC cluster of the one loopback endpoint ``port`` (h2 if ``http2``).
+
+    Also used by ``perf/bench_envoy.py``.
+    """
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(port)}}]}],
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": socket_address(port)}}]}
+            ],
         },
     }
     if http2:
@@ -255,7 +260,7 @@ def edge_bootstrap(
     }
     listener = {
         "name": LISTENER,
-        "address": _socket(listener_port),
+        "address": socket_address(listener_port),
         "filter_chains": [
             {
                 "filters": [
@@ -268,12 +273,12 @@ def edge_bootstrap(
         ],
     }
     return {
-        "admin": {"address": _socket(0)},
+        "admin": {"address": socket_address(0)},
         "static_resources": {
             "listeners": [listener],
             "clusters": [
-                _cluster(SERVER_CLUSTER, server_port, http2=True),
-                _cluster(UPSTREAM_CLUSTER, upstream_port, http2=False),
+                static_cluster(SERVER_CLUSTER, server_port, http2=True),
+                static_cluster(UPSTREAM_CLUSTER, upstream_port, http2=False),
             ],
         },
     }
@@ -286,7 +291,7 @@ class EnvoyStartError(AssertionError):
     """Envoy rejected its config, exited or never became LIVE; has its log."""
 
 
-class EnvoyProcess:
+class EnvoyProcess(StartStop):
     """One Envoy process started from ``bootstrap`` in ``workdir``."""
 
     def __init__(
@@ -309,26 +314,23 @@ class EnvoyProcess:
         self.base_id = random.randint(10_000, 2_000_000)
         self.admin_url = ""
         self.listener_port = 0
-        self.returncode: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child = ChildProcess("envoy", self.log_path, error=EnvoyStartError)
 
     @property
     def http_url(self) -> str:
         """Base URL of the ingress listener."""
         return f"http://{LOOPBACK}:{self.listener_port}"
 
-    def log_text(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "<no log written>"
-        if len(text) > LOG_TAIL_CHARS:
-            return "...\n" + text[-LOG_TAIL_CHARS:]
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, once ``stop`` has seen the process end."""
+        return self._child.returncode
 
-        return text
+    def log_text(self) -> str:
+        return self._child.log_text()
 
     def describe(self) -> str:
-        return f"config: {self.config_path}\n--- envoy log ---\n{self.log_text()}"
+        return f"config: {self.config_path}\n{self._child.describe()}"
 
     def start(self) -> EnvoyProcess:
         self.config_path.write_text(json.dumps(self.bootstrap, indent=2))
@@ -339,49 +341,36 @@ class EnvoyProcess:
                 f"{checked.stdout}{checked.stderr}"
             )
         self.admin_path.unlink(missing_ok=True)
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                [
-                    envoy_binary(),
-                    "-c", str(self.config_path),
-                    "--base-id", str(self.base_id),
-                    "--disable-hot-restart",
-                    "--concurrency", "1",
-                    "--log-level", self.log_level,
-                    "--admin-address-path", str(self.admin_path),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
-            self._wait_live()
-        except BaseException:
-            self.stop()
-            raise
+        command = [
+            envoy_binary(),
+            "-c", str(self.config_path),
+            "--base-id", str(self.base_id),
+            "--disable-hot-restart",
+            "--concurrency", "1",
+            "--log-level", self.log_level,
+            "--admin-address-path", str(self.admin_path),
+        ]  # fmt: skip
+        self._child.start(command, wait=self._wait_live, stop_timeout=self.stop_timeout)
 
         return self
 
     def _wait_live(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self._running().poll() is not None:
-                raise EnvoyStartError(
-                    f"envoy exited with {self._running().returncode}\n{self.describe()}"
-                )
-            if not self.admin_url and self.admin_path.exists():
-                address = self.admin_path.read_text().strip()
-                if address:
-                    self.admin_url = f"http://{address}"
-            if self.admin_url and self._is_live():
-                self.listener_port = self._bound_port(LISTENER)
-                return
-            time.sleep(0.05)
-        raise EnvoyStartError(
-            f"envoy not LIVE after {self.ready_timeout}s\n{self.describe()}"
+        self._child.wait_until(
+            self._is_live,
+            timeout=self.ready_timeout,
+            state="LIVE",
+            describe=self.describe,
         )
+        self.listener_port = self._bound_port(LISTENER)
 
     def _is_live(self) -> bool:
+        """Admin ``/ready`` says LIVE (the admin address once Envoy wrote it)."""
+        if not self.admin_url and self.admin_path.exists():
+            address = self.admin_path.read_text().strip()
+            if address:
+                self.admin_url = f"http://{address}"
+        if not self.admin_url:
+            return False
         try:
             return self.admin_get("/ready").strip() == "LIVE"
         except (OSError, urllib.error.URLError):
@@ -424,33 +413,4 @@ class EnvoyProcess:
 
     def stop(self) -> int:
         """SIGTERM, wait ``stop_timeout``, then SIGKILL; return the exit code."""
-        process = self._process
-        if process is None:
-            raise RuntimeError("envoy was never started")
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=self.stop_timeout)
-        self.returncode = process.returncode
-
-        return self.returncode
-
-    def _running(self) -> subprocess.Popen[bytes]:
-        if self._process is None:
-            raise RuntimeError("envoy was never started")
-
-        return self._process
-
-    def __enter__(self) -> EnvoyProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self._child.stop(self.stop_timeout)

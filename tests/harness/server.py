@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .ports import LOOPBACK, free_port
+from .process import LOG_TAIL_CHARS as LOG_TAIL_CHARS
+from .process import ChildProcess, StartStop
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
-LOG_TAIL_CHARS = 8000
 # Retry a refused connection quickly while the server starts up.
 FAST_RECONNECT = (
     ("grpc.initial_reconnect_backoff_ms", 50),
@@ -36,7 +34,18 @@ class ServerStartError(AssertionError):
     """The server exited or never turned SERVING; the message holds its log."""
 
 
-class ServerProcess:
+def python_env() -> dict[str, str]:
+    """The environment for a ``python -m ratelimit_ext`` child: unbuffered
+    output and this checkout's ``src/`` first on ``PYTHONPATH``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(SRC_DIR), env.get("PYTHONPATH", "")) if p
+    )
+
+    return env
+
+
+class ServerProcess(StartStop):
     """One ratelimit-ext server process on kernel-chosen loopback ports."""
 
     def __init__(
@@ -58,8 +67,7 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.log_path = workdir / f"ratelimit-ext-{self.port}.log"
-        self.returncode: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child = ChildProcess("server", self.log_path, error=ServerStartError)
 
     @property
     def address(self) -> str:
@@ -68,7 +76,12 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        return self._running().pid
+        return self._child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, once ``stop`` or ``wait`` has seen the process end."""
+        return self._child.returncode
 
     def command(self) -> list[str]:
         metrics = f"{LOOPBACK}:{self.metrics_port}" if self.metrics_port else "none"
@@ -96,59 +109,33 @@ class ServerProcess:
 
     def log_text(self) -> str:
         """The server's combined stdout and stderr so far (the tail if long)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "<no log written>"
-        if len(text) > LOG_TAIL_CHARS:
-            return "...\n" + text[-LOG_TAIL_CHARS:]
-
-        return text
+        return self._child.log_text()
 
     def describe(self) -> str:
         """The command and log, for an assertion message."""
-        return f"command: {' '.join(self.command())}\n--- server log ---\n" + (
-            self.log_text()
-        )
+        return f"command: {' '.join(self.command())}\n{self._child.describe()}"
 
     def start(self) -> ServerProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(SRC_DIR), env.get("PYTHONPATH", "")) if p
+        self._child.start(
+            self.command(),
+            wait=self.wait_serving,
+            stop_timeout=self.stop_timeout,
+            env=python_env(),
         )
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        try:
-            self.wait_serving()
-        except BaseException:
-            self.stop()
-            raise
 
         return self
 
     def wait_serving(self) -> None:
         """Block until health "" answers SERVING; raise with the log if not."""
-        deadline = time.monotonic() + self.ready_timeout
+        serving = health_pb2.HealthCheckResponse.SERVING
         with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self._running().poll() is not None:
-                    raise ServerStartError(
-                        f"server exited with {self._running().returncode} "
-                        f"before serving\n{self.describe()}"
-                    )
-                if self._health(stub) == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                time.sleep(0.05)
-        raise ServerStartError(
-            f"server not SERVING after {self.ready_timeout}s\n{self.describe()}"
-        )
+            self._child.wait_until(
+                lambda: self._health(stub) == serving,
+                timeout=self.ready_timeout,
+                state="SERVING",
+                describe=self.describe,
+            )
 
     def health(self, service: str = "") -> int | None:
         """The health status of ``service`` now, or None if it did not answer."""
@@ -160,35 +147,15 @@ class ServerProcess:
         return grpc.insecure_channel(self.address, options=FAST_RECONNECT)
 
     def send_signal(self, sig: signal.Signals) -> None:
-        self._running().send_signal(sig)
+        self._child.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit by itself; return its exit code."""
-        self.returncode = self._running().wait(timeout=timeout)
-
-        return self.returncode
+        return self._child.wait(timeout)
 
     def stop(self) -> int:
         """SIGTERM, wait ``stop_timeout``, then SIGKILL; return the exit code."""
-        process = self._process
-        if process is None:
-            raise RuntimeError("server was never started")
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=self.stop_timeout)
-        self.returncode = process.returncode
-
-        return self.returncode
-
-    def _running(self) -> subprocess.Popen[bytes]:
-        if self._process is None:
-            raise RuntimeError("server was never started")
-
-        return self._process
+        return self._child.stop(self.stop_timeout)
 
     @staticmethod
     def _health(stub: health_pb2_grpc.HealthStub, service: str = "") -> int | None:
@@ -200,14 +167,3 @@ class ServerProcess:
         status: int = response.status
 
         return status
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

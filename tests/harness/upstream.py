@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from .ports import LOOPBACK
+from .process import StartStop
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
@@ -63,7 +63,7 @@ class _EchoServer(ThreadingHTTPServer):
             self.records.append(record)
 
 
-class EchoUpstream:
+class EchoUpstream(StartStop):
     """Serves on a kernel-chosen loopback port in a background thread.
 
     Every answer is ``200`` with ``{"method", "path", "headers"}``, where
@@ -105,14 +105,3 @@ class EchoUpstream:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> EchoUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
