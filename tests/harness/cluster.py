@@ -11,6 +11,11 @@ short, so a killed master's replica takes over in a couple of seconds.
         store = RedisClusterStore(cluster.url)
         cluster.kill(cluster.master_for_slot(0))
 
+With ``tls=make_tls_files(directory)`` (``valkey.py``) every node is Debian's
+``redis-server`` serving TLS only: clients, the cluster bus and replication
+(``tls-cluster``, ``tls-replication``); ``url`` is then ``rediss+cluster://``
+with the CA in its query, and the harness's own clients use TLS too.
+
 Every wait is bounded and raises ``RuntimeError`` with what it saw last.
 """
 
@@ -27,7 +32,7 @@ from urllib.parse import quote
 import redis
 
 from .ports import free_port
-from .valkey import ValkeyServer
+from .valkey import TlsFiles, ValkeyServer, tls_query
 
 SLOTS = 16384
 
@@ -47,8 +52,9 @@ class ClusterNodeServer(ValkeyServer):
         node_timeout_ms: int,
         password: str | None = None,
         binary: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
-        super().__init__(password=password, binary=binary)
+        super().__init__(password=password, binary=binary, tls=tls)
         self.node_timeout_ms = node_timeout_ms
         self.bus_port = 0
         self.node_id = ""
@@ -92,6 +98,8 @@ class ClusterNodeServer(ValkeyServer):
         ]
         if self.password is not None:
             lines.append(f"masterauth {self.password}")  # replicas log in too
+        if self.tls is not None:
+            lines.append("tls-cluster yes")  # the bus (and MIGRATE) over TLS
         return super()._config(port, directory) + "\n".join(lines) + "\n"
 
 
@@ -107,6 +115,7 @@ class ValkeyCluster:
         password: str | None = None,
         binary: str | None = None,
         timeout: float = 30.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         if masters < 1 or replicas < 0:
             raise ValueError("a cluster needs a master; replicas cannot be negative")
@@ -114,9 +123,13 @@ class ValkeyCluster:
         self.replicas = replicas
         self.password = password
         self.timeout = timeout
+        self.tls = tls
         self.nodes = [
             ClusterNodeServer(
-                node_timeout_ms=node_timeout_ms, password=password, binary=binary
+                node_timeout_ms=node_timeout_ms,
+                password=password,
+                binary=binary,
+                tls=tls,
             )
             for _ in range(masters * (1 + replicas))
         ]
@@ -138,10 +151,15 @@ class ValkeyCluster:
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` with every node as a seed (and the password)."""
+        """``redis+cluster://`` with every node as a seed (and the password).
+
+        With ``tls``: ``rediss+cluster://`` and the CA in the query.
+        """
         login = "" if self.password is None else f":{quote(self.password, safe='')}@"
         seeds = ",".join(f"{node.host}:{node.port}" for node in self.nodes)
-        return f"redis+cluster://{login}{seeds}"
+        if self.tls is None:
+            return f"redis+cluster://{login}{seeds}"
+        return f"rediss+cluster://{login}{seeds}?{tls_query(self.tls)}"
 
     @property
     def running_nodes(self) -> list[ClusterNodeServer]:

@@ -78,7 +78,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection, SSLConnection, parse_url
+from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import PRIMARY
@@ -113,6 +113,7 @@ from ratelimit_ext.store.script import (
     send_calls,
     subject_slot,
 )
+from ratelimit_ext.store.tls import shared_context_connection
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +303,9 @@ class RedisClusterStore(Store):
         self._timeout = timeout
         self._max_connections = max_connections
         connect = timeout if connect_timeout is None else connect_timeout
-        self._connection_class = SSLConnection if address.tls else Connection
+        self._connection_class = (
+            shared_context_connection() if address.tls else Connection
+        )
         self._options = {
             **address.options,
             "socket_timeout": timeout,

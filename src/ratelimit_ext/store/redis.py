@@ -54,6 +54,7 @@ from ratelimit_ext.store.script import (
     reconnect_once,
     send_calls,
 )
+from ratelimit_ext.store.tls import shared_context_connection
 
 
 class RedisStore(Store):
@@ -82,6 +83,8 @@ class RedisStore(Store):
             socket_timeout=timeout,
             retry=retry or reconnect_once(),
         )
+        if issubclass(self._pool.connection_class, SSLConnection):
+            self._pool.connection_class = shared_context_connection()
         self._client = Redis.from_pool(self._pool)
         self._where = _describe(self._pool)
         self._secret = self._pool.connection_kwargs.get("password") or ""
