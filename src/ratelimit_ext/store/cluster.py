@@ -78,7 +78,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import PRIMARY
@@ -99,6 +99,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ratelimit_ext.errors import StoreError
 from ratelimit_ext.store.algorithms import uncommitted
 from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult, Store
+from ratelimit_ext.store.connections import connection_class
 from ratelimit_ext.store.script import (
     NO_WINDOWS,
     Call,
@@ -113,7 +114,6 @@ from ratelimit_ext.store.script import (
     send_calls,
     subject_slot,
 )
-from ratelimit_ext.store.tls import shared_context_connection
 
 logger = logging.getLogger(__name__)
 
@@ -303,9 +303,7 @@ class RedisClusterStore(Store):
         self._timeout = timeout
         self._max_connections = max_connections
         connect = timeout if connect_timeout is None else connect_timeout
-        self._connection_class = (
-            shared_context_connection() if address.tls else Connection
-        )
+        self._connection_class = connection_class(address.tls)
         self._options = {
             **address.options,
             "socket_timeout": timeout,

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 
 from ratelimit_ext.errors import StoreError
 from ratelimit_ext.store.base import Clock, CounterRequest, CounterResult, Store
+from ratelimit_ext.store.connections import faster
 from ratelimit_ext.store.script import (
     NO_WINDOWS,
     Call,
@@ -54,7 +55,6 @@ from ratelimit_ext.store.script import (
     reconnect_once,
     send_calls,
 )
-from ratelimit_ext.store.tls import shared_context_connection
 
 
 class RedisStore(Store):
@@ -83,8 +83,7 @@ class RedisStore(Store):
             socket_timeout=timeout,
             retry=retry or reconnect_once(),
         )
-        if issubclass(self._pool.connection_class, SSLConnection):
-            self._pool.connection_class = shared_context_connection()
+        self._pool.connection_class = faster(self._pool.connection_class)
         self._client = Redis.from_pool(self._pool)
         self._where = _describe(self._pool)
         self._secret = self._pool.connection_kwargs.get("password") or ""
