@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.ports import free_port
@@ -126,3 +127,40 @@ def _wait_serving(port: int, deadline: float) -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_serve_runs_on_the_event_loop_asked_for(
+    tmp_path: Path, event_loop: str
+) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [
+        sys.executable,
+        "-m",
+        "ratelimit_ext",
+        "serve",
+        "--config",
+        str(ROOT / "config"),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--metrics-listen",
+        "none",
+        "--admin-listen",
+        "none",
+        "--event-loop",
+        event_loop,
+    ]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            status = _wait_serving(port, deadline=time.monotonic() + 15)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert f"event loop {event_loop}" in log.read_text()

@@ -14,12 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ratelimit_ext import __version__
+from ratelimit_ext import __version__, eventloop
 from ratelimit_ext.admin import client_cli as admin_cli
 from ratelimit_ext.admin.settings import AdminSettings
 from ratelimit_ext.authn import AuthSettings
 from ratelimit_ext.control_plane import cli as control_plane_cli
 from ratelimit_ext.errors import PolicyError
+from ratelimit_ext.eventloop import EVENT_LOOPS
 from ratelimit_ext.policy.keys import hash_key
 from ratelimit_ext.policy.loader import load_policy
 from ratelimit_ext.policy.model import FailurePolicy
@@ -122,6 +123,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore
         default=int(_env("WORKERS", "1") or 1),
         help="server processes sharing the --listen port (SO_REUSEPORT); above 1"
         " needs a Redis store (default %(default)s) [env RATELIMIT_EXT_WORKERS]",
+    )
+    serve.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=_env("EVENT_LOOP", "uvloop"),
+        help="the event loop each server process runs on (default %(default)s)"
+        " [env RATELIMIT_EXT_EVENT_LOOP]",
     )
     serve.add_argument(
         "--watch",
@@ -285,10 +293,15 @@ def _serve(args: argparse.Namespace) -> int:
                 tier_header=args.tier_header,
             ),
             workers=args.workers,
+            event_loop=args.event_loop,
             admin=_admin_settings(args),
             log_format=log_format,
         )
-        asyncio.run(supervise(settings) if settings.workers > 1 else serve(settings))
+        if settings.workers > 1:
+            # The supervisor serves nothing; uvloop lacks process groups.
+            asyncio.run(supervise(settings))
+        else:
+            eventloop.run(serve(settings), settings.event_loop)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -28,6 +28,7 @@ from ratelimit_ext.admin.settings import AdminSettings
 from ratelimit_ext.authn import AuthSettings
 from ratelimit_ext.counting import CountingSettings, LimitCounter
 from ratelimit_ext.decision import DecisionEngine
+from ratelimit_ext.errors import StoreError
 from ratelimit_ext.logs import FORMATS
 from ratelimit_ext.policy.compiled import ActivePolicy, CompiledPolicy
 from ratelimit_ext.policy.loader import load_policy
@@ -71,6 +72,7 @@ class ServeSettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: RequestLimits = field(default_factory=RequestLimits)
     workers: int = 1
+    event_loop: str = "uvloop"
     reuse_port: bool = False
     admin: AdminSettings = field(default_factory=AdminSettings)
     log_format: str = "text"
@@ -188,6 +190,7 @@ class Sidecar:
         )
 
     async def start(self) -> None:
+        await self._warm_store()
         if self.reloader is not None:
             await self.reloader.start()
         self.port = self.server.add_insecure_port(self.settings.listen)
@@ -198,13 +201,30 @@ class Sidecar:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         policy = self.policy.current.policy
         logger.info(
-            "serving on %s (port %d), store %s, %d domains, %d API keys, policy %s",
+            "serving on %s (port %d), store %s, %d domains, %d API keys, policy %s,"
+            " event loop %s",
             self.settings.listen,
             self.port,
             redact_url(self.settings.store),
             len(policy.domains),
             len(policy.api_keys),
             policy.digest[:12],
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
+
+    async def _warm_store(self) -> None:
+        """Connect to the store before SERVING; a store that is down is logged
+        and the server serves anyway, under the failure policy."""
+        started = time.perf_counter()
+        try:
+            await self.store.warm()
+        except StoreError as exc:
+            logger.warning("store not ready at start, serving anyway: %s", exc)
+            return
+        logger.info(
+            "store %s ready in %.0f ms",
+            self.store.name,
+            (time.perf_counter() - started) * 1000,
         )
 
     async def stop(self) -> None:

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from ratelimit_ext import logs
+from ratelimit_ext import eventloop, logs
 from ratelimit_ext.errors import PolicyError
 from ratelimit_ext.policy.loader import load_policy
 from ratelimit_ext.server import ServeSettings, serve, split_host_port
@@ -297,7 +297,9 @@ def _worker_main() -> int:
         fields={"worker": index, "pid": os.getpid()},
     )
     try:
-        asyncio.run(serve(settings, on_serving=lambda: _serving(control)))
+        eventloop.run(
+            serve(settings, on_serving=lambda: _serving(control)), settings.event_loop
+        )
     except PolicyError as exc:
         for problem in exc.problems:
             logger.error("%s", problem)
