@@ -83,13 +83,19 @@ def test_json_lines_carry_context_and_no_secrets(server: ServerProcess) -> None:
     for line in lines:
         assert {"timestamp", "level", "logger", "message"} <= line.keys()
         assert str(line["timestamp"]).endswith("Z")
-    failed = [line for line in lines if "failed" in str(line["message"])]
+    failed = [
+        line
+        for line in lines
+        if "failed" in str(line["message"])
+        and line["logger"] == "ratelimit_ext.store.health"
+    ]
     assert failed, text
-    assert failed[0]["logger"] == "ratelimit_ext.store.health"
     assert failed[0]["domain"] == DOMAIN
     assert len(str(failed[0]["policy_version"])) == 12
     serving = [line for line in lines if str(line["message"]).startswith("serving")]
     assert serving and "domain" not in serving[0]
+    warming = [line for line in lines if "not ready at start" in str(line["message"])]
+    assert warming and warming[0]["level"] == "WARNING"
     for secret in (REDIS_PASSWORD, ADMIN_TOKEN, API_KEY):
         assert secret not in text
 

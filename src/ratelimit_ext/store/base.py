@@ -104,6 +104,14 @@ class Store(Protocol):
         decided = await self.hit_groups([(request,) for request in requests])
         return [result for (result,) in decided]
 
+    async def warm(self) -> None:
+        """Get ready for the first decision: connect, load scripts.
+
+        Called once before the server reports SERVING, so the first requests
+        do not pay for it within their deadline. Raises ``StoreError``.
+        """
+        return None
+
     async def close(self) -> None: ...
 
 

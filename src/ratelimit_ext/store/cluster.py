@@ -192,6 +192,13 @@ class _Shared:
 
     async def wait(self) -> None:
         future = self._future
+        if (
+            future is not None
+            and future.done()
+            and not future.cancelled()
+            and future.exception() is None
+        ):
+            return  # done once and for all: the common case, no waiting
         if future is None:
             future = self._future = asyncio.ensure_future(self._start())
             future.add_done_callback(_retrieved)
@@ -361,6 +368,15 @@ class RedisClusterStore(Store):
             await asyncio.shield(task)
         return results
 
+    async def warm(self) -> None:
+        """Discover the slot map; connect to every master and load the script."""
+        with self._translated():
+            async with asyncio.timeout(self._timeout):
+                await self._discover()
+                masters = self._topology.get_nodes_by_server_type(PRIMARY)
+                nodes = [self._node(_Route(m.host, int(m.port))) for m in masters]
+                await asyncio.gather(*(node.loaded.wait() for node in nodes))
+
     async def reset(self, subjects: Sequence[str]) -> int:
         """Delete every counter of ``subjects``; how many keys were deleted.
 
@@ -426,7 +442,7 @@ class RedisClusterStore(Store):
             self._send(route, [calls[i] for i in batch])
             for route, batch in batches.items()
         ]
-        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        outcomes = await _all(sends)
 
         again: dict[int, _Route] = {}
         for (route, batch), outcome in zip(batches.items(), outcomes, strict=True):
@@ -662,6 +678,19 @@ class RedisClusterStore(Store):
     def _redacted(self, exc: BaseException) -> str:
         detail = f"{type(exc).__name__}: {exc}"
         return detail.replace(self._secret, "***") if self._secret else detail
+
+
+async def _all(
+    sends: Sequence[Awaitable[list[Any]]],
+) -> list[list[Any] | BaseException]:
+    """Every send's replies or backend error, as ``gather(return_exceptions=True)``
+    would give; a single send is awaited without wrapping it in a task."""
+    if len(sends) != 1:
+        return await asyncio.gather(*sends, return_exceptions=True)
+    try:
+        return [await sends[0]]
+    except (RedisError, RedisClusterException, OSError) as exc:
+        return [exc]  # handed back like gather does; _round raises it
 
 
 def _redirect(route: _Route, reply: ResponseError) -> _Route | None:

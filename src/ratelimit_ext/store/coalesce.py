@@ -61,6 +61,9 @@ class CoalescingStore(Store):
         batch.waiters.append((future, start, len(batch.groups)))
         return await future
 
+    async def warm(self) -> None:
+        await self.inner.warm()
+
     async def close(self) -> None:
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)

@@ -141,5 +141,8 @@ class GuardedStore(Store):
         self.breaker.succeeded()
         return results
 
+    async def warm(self) -> None:
+        await self.inner.warm()
+
     async def close(self) -> None:
         await self.inner.close()

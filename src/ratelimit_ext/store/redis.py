@@ -50,6 +50,7 @@ from ratelimit_ext.store.script import (
     Call,
     build_call,
     counter_keys,
+    counter_script,
     has_windows,
     parse_group,
     reconnect_once,
@@ -104,6 +105,11 @@ class RedisStore(Store):
         for index, reply in zip(pending, replies, strict=True):
             _, results[index] = parse_group(reply, groups[index])
         return results
+
+    async def warm(self) -> None:
+        """Open a connection and load the counter script."""
+        with self._translated():
+            await self._client.script_load(counter_script().text)
 
     async def reset(self, subjects: Sequence[str]) -> int:
         """Delete every counter key of ``subjects`` (one ``DEL``)."""
