@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Callable
 
 import grpc
 import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
-from envoy.service.ratelimit.v3 import rls_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.wrappers_pb2 import UInt64Value
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -187,3 +190,35 @@ async def test_health_serving_then_not_serving_on_stop(
     await running.sidecar.health.enter_graceful_shutdown()
     reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_a_call_picked_up_after_its_deadline_counts_nothing(
+    sidecar: Running,
+) -> None:
+    """The server's event loop is blocked while a call with a 50 ms deadline
+    arrives (as on an overloaded server): Envoy has given up and let the
+    request through, so the late call must not count. gRPC itself drops a
+    call whose deadline passed before its handler started."""
+    req = request(descriptor(("generic_key", "three")))
+    address = f"127.0.0.1:{sidecar.sidecar.port}"
+    errors: list[grpc.StatusCode] = []
+
+    def call_from_another_thread() -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+            try:
+                stub.ShouldRateLimit(req, timeout=0.05)
+            except grpc.RpcError as exc:
+                errors.append(exc.code())
+
+    caller = threading.Thread(target=call_from_another_thread)
+    caller.start()
+    time.sleep(0.3)  # blocks this event loop, the server's too
+    caller.join(timeout=5)
+    await asyncio.sleep(0.2)  # the server now picks the late call up
+
+    check = request(descriptor(("generic_key", "three"), hits_addend=UInt64Value()))
+    reply = await sidecar.rls.ShouldRateLimit(check)
+
+    assert errors == [grpc.StatusCode.DEADLINE_EXCEEDED]
+    assert reply.statuses[0].limit_remaining == 3
