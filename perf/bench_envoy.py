@@ -144,11 +144,16 @@ def _listener(
 
 
 def envoy_bootstrap(
-    responder_port: int, server_port: int | None, rls_timeout_ms: int
+    responder_port: int,
+    server_port: int | None,
+    rls_timeout_ms: int,
+    rls_max_streams: int = 0,
 ) -> dict[str, Any]:
     """Ingress (with the rate-limit filter if server_port) -> responder.
 
     Addresses and clusters are built as the e2e tests' Envoy builds them.
+    ``rls_max_streams`` > 0 caps the streams of one connection to the server,
+    so Envoy opens more connections (spread over ``--workers``).
     """
     use_test_harness()
     from harness.envoy import socket_address, static_cluster
@@ -188,7 +193,14 @@ def envoy_bootstrap(
                 },
             }
         )
-        clusters.append(static_cluster(SERVER_CLUSTER, server_port, http2=True))
+        server_cluster = static_cluster(SERVER_CLUSTER, server_port, http2=True)
+        if rls_max_streams:
+            options = server_cluster["typed_extension_protocol_options"]
+            (http,) = options.values()
+            http["explicit_http_config"]["http2_protocol_options"] = {
+                "max_concurrent_streams": rls_max_streams
+            }
+        clusters.append(server_cluster)
     responder_route = {
         "match": {"prefix": "/"},
         "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
@@ -271,7 +283,9 @@ def start_envoy(
     server_port: int | None,
 ) -> Envoy:
     config = workdir / "envoy.json"
-    bootstrap = envoy_bootstrap(free_port(), server_port, args.rls_timeout_ms)
+    bootstrap = envoy_bootstrap(
+        free_port(), server_port, args.rls_timeout_ms, args.rls_max_streams
+    )
     config.write_text(json.dumps(bootstrap, indent=2))
     admin_path = workdir / "envoy-admin-address"
     cmd = [
@@ -764,6 +778,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=bounded(int, 1, 10_000),
         default=20,
         help="the rate-limit filter's timeout (Envoy's default: 20)",
+    )
+    parser.add_argument(
+        "--rls-max-streams",
+        type=bounded(int, 0, 1000),
+        default=0,
+        help="max_concurrent_streams of Envoy's connections to the server; more"
+        " connections reach more --workers (default: 0, Envoy's own)",
     )
     parser.add_argument(
         "--envoy-concurrency", type=bounded(int, 1, 4), default=1, help="workers"

@@ -31,7 +31,11 @@ from ratelimit_ext.store.base import (
     Resettable,
     WindowResult,
 )
-from ratelimit_ext.store.cluster import RedisClusterStore, parse_cluster_url
+from ratelimit_ext.store.cluster import (
+    ABANDONED_IN_A_ROW,
+    RedisClusterStore,
+    parse_cluster_url,
+)
 from ratelimit_ext.store.script import counter_script, window_keys
 from ratelimit_ext.store.url import open_store
 
@@ -546,3 +550,53 @@ def test_bad_cluster_urls_are_refused_with_a_clear_message(
         open_store(url)
 
     assert "hunter2" not in str(caught.value)
+
+
+def slot_map_queries(cluster: ValkeyCluster) -> int:
+    return sum(
+        stat(node, "commandstats", "cmdstat_cluster|slots", "calls")
+        for node in cluster.running_nodes
+    )
+
+
+async def abandon_one_call(
+    store: RedisClusterStore, master: ClusterNodeServer, subject: str
+) -> None:
+    """One call the caller gives up on while the master does not answer."""
+    master.pause()
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(hit_one(store, subject), timeout=0.05)
+    finally:
+        master.resume()
+
+
+@pytest.mark.cluster
+async def test_calls_abandoned_now_and_then_leave_the_slot_map_alone(
+    own_cluster: ValkeyCluster, fake_clock: FakeClock
+) -> None:
+    """A busy server gives up on a call now and then; only a streak of them
+    to one node (a frozen node) is worth rebuilding the map of 16384 slots."""
+    subject = next(iter(subjects_on(own_cluster, 1).values()))[0]
+    master = own_cluster.master_for_slot(slot_of(subject))
+    store = RedisClusterStore(own_cluster.url, clock=fake_clock, timeout=5.0)
+    try:
+        await hit_one(store, subject)
+        for node in own_cluster.running_nodes:
+            with node.client() as client:
+                client.config_resetstat()
+        for _ in range(ABANDONED_IN_A_ROW + 1):
+            await abandon_one_call(store, master, subject)
+            await hit_one(store, subject)  # answered: the streak ends
+        await asyncio.sleep(0.3)
+        sporadic = slot_map_queries(own_cluster)
+
+        for _ in range(ABANDONED_IN_A_ROW):
+            await abandon_one_call(store, master, subject)
+        await asyncio.sleep(0.3)
+        streak = slot_map_queries(own_cluster)
+    finally:
+        await store.close()
+
+    assert sporadic == 0
+    assert streak >= 1

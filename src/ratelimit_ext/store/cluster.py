@@ -43,7 +43,9 @@ Connection errors, timeouts, ``CLUSTERDOWN``, ``READONLY``, uncovered slots
     ``StoreError`` for this call, and a refresh of the slot map in the
     background (one at a time, at most one per ``REFRESH_INTERVAL``). A
     pipeline abandoned by a timeout or by the caller's cancellation also
-    starts one: a frozen or unreachable node raises nothing else. After a
+    starts one, once a node has had ``ABANDONED_IN_A_ROW`` calls abandoned
+    with no answer in between: a frozen or unreachable node raises nothing
+    else. After a
     failover, the calls for the lost master's slots fail until its replica
     is promoted and a refresh sees it; then they succeed, with no restart.
 
@@ -128,6 +130,11 @@ REFRESH_INTERVAL = 0.1
 
 REFRESH_TIMEOUT = 2.0
 """Seconds one refresh of the slot map may take, trying seed after seed."""
+
+ABANDONED_IN_A_ROW = 3
+"""Calls to one node abandoned with no answer in between that mean it may be
+gone (refresh the slot map). Fewer would refresh on every late call of a
+busy server: a refresh rebuilds the map of 16384 slots, on the event loop."""
 
 TRYAGAIN_PAUSE = 0.01
 """Seconds to wait before re-sending calls answered ``TRYAGAIN``."""
@@ -228,11 +235,12 @@ class _Node:
     later on (a restart, ``SCRIPT FLUSH``) is handled by ``send_calls``.
     """
 
-    __slots__ = ("client", "loaded")
+    __slots__ = ("abandoned_in_a_row", "client", "loaded")
 
     def __init__(self, client: Redis, script: CounterScript) -> None:
         self.client = client
         self.loaded = _Shared(lambda: client.script_load(script.text))
+        self.abandoned_in_a_row = 0
 
     async def close(self) -> None:
         self.loaded.cancel()
@@ -462,14 +470,19 @@ class RedisClusterStore(Store):
         node = self._node(route)
         try:
             await node.loaded.wait()
-            return await send_calls(
+            replies = await send_calls(
                 node.client, calls, where=route.name, asking=route.asking
             )
         except asyncio.CancelledError:
             # Abandoned (our timeout or the caller's): a node that accepts
-            # connections but never answers raises nothing else.
-            self._topology_changed(failed=route.name)
+            # connections but never answers raises nothing else. One call
+            # abandoned now and then is only a busy server.
+            node.abandoned_in_a_row += 1
+            if node.abandoned_in_a_row >= ABANDONED_IN_A_ROW:
+                self._topology_changed(failed=route.name)
             raise
+        node.abandoned_in_a_row = 0
+        return replies
 
     async def _delete(self, route: _Route, subjects_keys: list[list[str]]) -> int:
         pipe = self._node(route).client.pipeline(transaction=False)
