@@ -12,9 +12,11 @@ import pytest
 
 from harness.clock import FakeClock
 from harness.cluster import ValkeyCluster
+from harness.valkey import ValkeyServer
 from ratelimit_ext.policy.model import Algorithm, Unit, Window
 from ratelimit_ext.store.base import CounterRequest, CounterResult, Store
 from ratelimit_ext.store.cluster import RedisClusterStore
+from ratelimit_ext.store.redis import RedisStore
 from ratelimit_ext.store.script import subject_slot, undo_script
 
 TEN = Window(10, Unit.MINUTE)
@@ -217,3 +219,34 @@ async def test_the_undo_restores_every_algorithm(
     assert before == 3
     assert refused[0].windows[0].remaining == before
     assert await remaining(cluster_store, a, window) == before
+
+
+@pytest.mark.redis
+async def test_a_call_of_many_groups_is_one_script_call_on_redis(
+    valkey: ValkeyServer,
+) -> None:
+    store = RedisStore(valkey.url)
+    try:
+        await store.warm()
+        with valkey.client() as client:
+            client.config_resetstat()
+
+        decided = await store.hit_groups(
+            [
+                [request("a", TEN), request("b", TEN)],
+                [request("c", ONE)],
+                [request("d", ONE)],
+            ]
+        )
+    finally:
+        await store.close()
+
+    with valkey.client() as client:
+        stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert "cmdstat_eval" not in stats
+    assert [[r.allowed for r in group] for group in decided] == [
+        [True, True],
+        [True],
+        [True],
+    ]

@@ -5,16 +5,16 @@ URL: ``redis+cluster://[user:pass@]host1:port1,host2:port2,...`` or
 which of the 16384 slots is discovered from them by the ``NodesManager`` of
 redis-py's ``RedisCluster`` and refreshed when it changes.
 
-One ``hit_groups`` call: every group of requests becomes one ``EVALSHA`` of
-the counter script per master owning some of its subjects, with the keys of
-``RedisStore`` (``script.py``). All keys of a subject share one hash tag, so
-a group of one request never crosses slots; a group whose subjects live in
-several slots of one master is one call that declares the keys of its first
-slot and names the others in its arguments, under the script flag
-``allow-cross-slot-keys``: still atomic, still one call. The calls are grouped
-by master; each master gets one pipeline, and the pipelines run concurrently
-(``asyncio.gather``): a call costs one round trip to the slowest master
-involved, never one per key or one master after another.
+One ``hit_groups`` call: each group of requests is split into parts, one per
+master owning some of its subjects, and every master gets one ``EVALSHA`` of
+the counter script deciding all the parts bound for it, with the keys of
+``RedisStore`` (``script.py``). All keys of a subject share one hash tag; a
+call over several slots of one master declares the keys of its first slot
+and names the others in its arguments, under the script flag
+``allow-cross-slot-keys`` (Redis 7, Valkey): still atomic, still one call.
+The masters' calls run concurrently (``asyncio.gather``): a ``hit_groups``
+costs one round trip to the slowest master involved, never one per key or
+one master after another.
 
 A group split over several masters cannot be atomic. Each master decides
 its part all or nothing; if a binding request of one part was refused, the
@@ -111,7 +111,7 @@ from ratelimit_ext.store.script import (
     counter_keys,
     counter_script,
     has_windows,
-    parse_group,
+    parse_call,
     reconnect_once,
     send_calls,
     subject_slot,
@@ -256,6 +256,7 @@ class _Part:
     """
 
     group: int
+    master: str
     positions: tuple[int, ...]
     requests: tuple[CounterRequest, ...]
     at: str = ""
@@ -361,13 +362,18 @@ class RedisClusterStore(Store):
                     for index, group in enumerate(groups)
                     for part in self._split(index, group)
                 ]
-                calls = [self._call(part.requests, now, build_call) for part in parts]
+                batches: dict[str, list[_Part]] = {}
+                for part in parts:
+                    batches.setdefault(part.master, []).append(part)
+                calls = [self._hit_call(batch, now) for batch in batches.values()]
                 replies = await self._run(calls)
 
-        for part, reply in zip(parts, replies, strict=True):
-            part.at, decided = parse_group(reply, part.requests)
-            for position, result in zip(part.positions, decided, strict=True):
-                results[part.group][position] = result
+        for batch, reply in zip(batches.values(), replies, strict=True):
+            at, decided = parse_call(reply, [part.requests for part in batch])
+            for part, part_results in zip(batch, decided, strict=True):
+                part.at = at
+                for position, result in zip(part.positions, part_results, strict=True):
+                    results[part.group][position] = result
         undo = self._take_back(parts, results)
         if undo:
             task = asyncio.create_task(self._undo(undo))
@@ -497,34 +503,24 @@ class RedisClusterStore(Store):
 
     def _split(self, index: int, group: Sequence[CounterRequest]) -> list[_Part]:
         """The parts of a group, one per master owning some of its subjects."""
-        if len(group) == 1:
-            return [_Part(index, (0,), tuple(group))] if group[0].windows else []
         by_master: dict[str, list[int]] = {}
         for position, request in enumerate(group):
             if request.windows:
                 master = self._owner_at(subject_slot(request.subject)).name
                 by_master.setdefault(master, []).append(position)
         return [
-            _Part(index, tuple(positions), tuple(group[p] for p in positions))
-            for positions in by_master.values()
+            _Part(index, master, tuple(positions), tuple(group[p] for p in positions))
+            for master, positions in by_master.items()
         ]
 
-    def _call(
-        self,
-        requests: Sequence[CounterRequest],
-        now: str,
-        build: Callable[..., Call],
-    ) -> Call:
-        """A call over ``requests``, declaring the keys of its first slot only."""
-        if len(requests) == 1:
-            return build(requests, now, self._prefix)
-        first = subject_slot(requests[0].subject)
-        declared = 0
-        for request in requests:
-            if subject_slot(request.subject) != first:
-                break
-            declared += len(request.windows)
-        return build(requests, now, self._prefix, declared=declared)
+    def _hit_call(self, batch: list[_Part], now: str) -> Call:
+        """One call for every part bound for one master, each part a group."""
+        groups = [part.requests for part in batch]
+        flat = [request for part in batch for request in part.requests]
+        return build_call(groups, now, self._prefix, declared=_declared(flat))
+
+    def _undo_call(self, requests: list[CounterRequest], at: str) -> Call:
+        return build_undo(requests, at, self._prefix, declared=_declared(requests))
 
     def _take_back(
         self, parts: list[_Part], results: list[list[CounterResult]]
@@ -550,7 +546,7 @@ class RedisClusterStore(Store):
             for part in group_parts:
                 counted = part.counted(decided)
                 if counted:
-                    undo.append(self._call(counted, part.at, build_undo))
+                    undo.append(self._undo_call(counted, part.at))
                     part.show_uncounted(decided)
         return undo
 
@@ -691,6 +687,17 @@ class RedisClusterStore(Store):
     def _redacted(self, exc: BaseException) -> str:
         detail = f"{type(exc).__name__}: {exc}"
         return detail.replace(self._secret, "***") if self._secret else detail
+
+
+def _declared(requests: Sequence[CounterRequest]) -> int:
+    """How many leading keys share the first one's slot; -1: all of them."""
+    first = subject_slot(requests[0].subject)
+    declared = 0
+    for request in requests:
+        if subject_slot(request.subject) != first:
+            return declared
+        declared += len(request.windows)
+    return -1
 
 
 async def _all(

@@ -1,10 +1,11 @@
 """A counter store on Redis (or Valkey), shared by every replica.
 
-One ``hit_groups`` call is one round trip: a non-transactional pipeline
-holding one ``EVALSHA`` of ``lua/hit.lua`` per group of ``CounterRequest``
-(one request, or the requests decided together). The script checks every
-window of the group and commits all of them or none, atomically, whatever
-slots their keys hash to (a standalone server has them all). The script
+One ``hit_groups`` call is one round trip and one ``EVALSHA`` of
+``lua/hit.lua``, however many groups of ``CounterRequest`` it carries (each
+descriptor alone, the descriptors of an all-or-nothing decision together,
+and with coalescing the groups of every decision waiting at the time). The
+script decides the groups in order, each all or nothing, atomically,
+whatever slots their keys hash to (a standalone server has them all). The script
 is called by its SHA1; after ``NOSCRIPT`` (a ``SCRIPT FLUSH``, a restart, a
 failover to a fresh node) the affected calls are re-sent as ``EVAL`` with the
 script's text, which loads it for the calls after them.
@@ -52,7 +53,7 @@ from ratelimit_ext.store.script import (
     counter_keys,
     counter_script,
     has_windows,
-    parse_group,
+    parse_call,
     reconnect_once,
     send_calls,
 )
@@ -96,14 +97,17 @@ class RedisStore(Store):
         self, groups: Sequence[Sequence[CounterRequest]]
     ) -> list[list[CounterResult]]:
         now = "" if self._clock is None else repr(self._clock())
-        pending = [i for i, group in enumerate(groups) if has_windows(group)]
-        calls = [build_call(groups[i], now, self._prefix) for i in pending]
-        with self._translated():
-            replies = await self._run(calls)
-
         results = [[NO_WINDOWS] * len(group) for group in groups]
-        for index, reply in zip(pending, replies, strict=True):
-            _, results[index] = parse_group(reply, groups[index])
+        counted = [i for i, group in enumerate(groups) if has_windows(group)]
+        if not counted:
+            return results
+        call = build_call([groups[i] for i in counted], now, self._prefix)
+        with self._translated():
+            (reply,) = await self._run([call])
+
+        _, decided = parse_call(reply, [groups[i] for i in counted])
+        for index, group_results in zip(counted, decided, strict=True):
+            results[index] = group_results
         return results
 
     async def warm(self) -> None:

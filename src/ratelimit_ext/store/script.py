@@ -1,7 +1,8 @@
 """The counter scripts and their calls, shared by the Redis and Redis Cluster stores.
 
-``lua/hit.lua`` decides one group of ``CounterRequest`` (see ``base.py``): it
-checks every window of every request and commits all or none of them.
+``lua/hit.lua`` decides groups of ``CounterRequest`` (see ``base.py``) in one
+call: it checks every window of every request and commits each group all
+or nothing.
 ``lua/undo.lua`` takes committed hits back (a cluster group split over
 several masters, one of which refused). This module owns what both Redis
 stores do the same way: the scripts' text and SHA1, the keys and arguments
@@ -107,22 +108,28 @@ def has_windows(group: Sequence[CounterRequest]) -> bool:
 
 
 def build_call(
-    group: Sequence[CounterRequest], now: str, prefix: str, *, declared: int = -1
+    groups: Sequence[Sequence[CounterRequest]],
+    now: str,
+    prefix: str,
+    *,
+    declared: int = -1,
 ) -> Call:
-    """The call deciding ``group``; ``now`` "" reads the server's TIME.
+    """One call deciding ``groups``, each all or nothing, in order.
 
-    ``declared`` keys (all by default) go in KEYS, the rest at the end of
-    the arguments, with the cross-slot flag.
+    ``now`` "" reads the server's TIME. ``declared`` keys (all by default)
+    go in KEYS, the rest at the end of the arguments, with the cross-slot
+    flag.
     """
     keys: list[str] = []
-    args = [now, str(len(group))]
+    args = [now, str(sum(len(group) for group in groups))]
     window_args: list[str] = []
-    for request in group:
-        args += (str(request.hits), "1" if request.binding else "0")
-        args.append(str(len(request.windows)))
-        keys += window_keys(request, prefix)
-        for window in request.windows:
-            window_args.extend(_window_parts(window)[1])
+    for number, group in enumerate(groups, start=1):
+        for request in group:
+            binding = "1" if request.binding else "0"
+            args += (str(number), str(request.hits), binding, str(len(request.windows)))
+            keys += window_keys(request, prefix)
+            for window in request.windows:
+                window_args.extend(_window_parts(window)[1])
     args += window_args
     if 0 <= declared < len(keys):
         return Call(
@@ -161,25 +168,25 @@ def counter_keys(subject: str, prefix: str) -> list[str]:
     ]
 
 
-def parse_group(
-    reply: list[Any], group: Sequence[CounterRequest]
-) -> tuple[str, list[CounterResult]]:
-    """One script reply: the time it counted at, and a result per request."""
-    results: list[CounterResult] = []
+def parse_call(
+    reply: list[Any], groups: Sequence[Sequence[CounterRequest]]
+) -> tuple[str, list[list[CounterResult]]]:
+    """One script reply: the time it counted at, and the results by group."""
+    decided: list[list[CounterResult]] = []
     at = 1
-    for request in group:
-        room = bool(reply[at])
-        at += 1
-        windows = []
-        for _ in request.windows:
-            windows.append(
-                WindowResult(
-                    bool(reply[at]), int(reply[at + 1]), float(_text(reply[at + 2]))
-                )
-            )
-            at += 3
-        results.append(CounterResult(room, tuple(windows)))
-    return _text(reply[0]), results
+    for group in groups:
+        results: list[CounterResult] = []
+        for request in group:
+            room = bool(reply[at])
+            at += 1
+            windows = []
+            for _ in request.windows:
+                allowed, left, reset = reply[at : at + 3]
+                windows.append(WindowResult(bool(allowed), int(left), float(reset)))
+                at += 3
+            results.append(CounterResult(room, tuple(windows)))
+        decided.append(results)
+    return _text(reply[0]), decided
 
 
 def reconnect_once() -> Retry:

@@ -1,18 +1,21 @@
--- Check and commit the hits of one group of requests, all or nothing.
+-- Check and commit hits for groups of requests, each group all or nothing.
 --
 -- A request is one subject's windows and hits; it has room when every one
--- of its windows has. The hits of the requests with room are committed only
--- if every binding request has room, otherwise none is. A group of one
--- request is the usual call. A request sees the uncommitted hits of the
--- requests before it in the group (two requests on one counter count twice).
+-- of its windows has. Within a group, the hits of the requests with room
+-- are committed only if every binding request of the group has room,
+-- otherwise none is. Groups are independent and decided in order; a group
+-- of one request is the usual case, and one call usually carries every
+-- group of a pipeline's worth of decisions. A request sees what the groups
+-- before it committed and what the requests before it in its own group
+-- would commit (two requests on one counter count twice).
 --
 -- KEYS     the windows' keys in order, as many as are declared; the rest are
 --          the last values of ARGV (a Redis Cluster call over several slots
 --          of one node, sent with the allow-cross-slot-keys flag).
 -- ARGV[1]  now in seconds as a decimal string, or "" to read the server TIME.
 -- ARGV[2]  the number of requests.
--- then per request three values: hits (0 checks without counting),
---          binding (1 or 0), the number of its windows;
+-- then per request four values: its group (1, 2, ... in order), hits (0
+--          checks without counting), binding (1 or 0), its number of windows;
 -- then per window four values: algorithm (fw, sw, tb), limit, unit
 --          seconds, capacity;
 -- then the keys of the windows KEYS does not declare.
@@ -36,10 +39,10 @@ else
 end
 local request_count = tonumber(ARGV[2])
 -- ARGV[window_args + 1] is the first value of the first window.
-local window_args = 2 + 3 * request_count
+local window_args = 2 + 4 * request_count
 local window_count = 0
 for r = 1, request_count do
-  window_count = window_count + tonumber(ARGV[2 + 3 * r])
+  window_count = window_count + tonumber(ARGV[2 + 4 * r])
 end
 local undeclared = window_args + 4 * window_count - #KEYS
 
@@ -55,20 +58,20 @@ local function ttl_ms(expires_at)
   return math.max(math.ceil((expires_at - now) * 1000), 1)
 end
 
--- States the requests with room would leave, by key: later requests of the
--- group read these instead of what Redis holds.
-local pending = {}
-
-local pending_keys = {}
+-- States to write, by key: what committed groups left (written at the end,
+-- each key once, in first-seen order), and what the requests with room of
+-- the current group would leave. Reads see these before what Redis holds.
+local committed, committed_keys = {}, {}
+local staged, staged_keys = {}, {}
 
 local function read(key, names)
-  local staged = pending[key]
-  if staged == nil then
+  local state = staged[key] or committed[key]
+  if state == nil then
     return redis.call('HMGET', key, unpack(names))
   end
   local values = {}
   for i, name in ipairs(names) do
-    values[i] = staged.fields[name] or false
+    values[i] = state.fields[name] or false
   end
   return values
 end
@@ -163,64 +166,88 @@ local function key_of(window)
   return ARGV[undeclared + window]
 end
 
--- Evaluate every request in order, staging what those with room would write.
+-- Close the current group: keep its staged states if it commits.
+local function close_group(commit)
+  if commit then
+    for _, key in ipairs(staged_keys) do
+      if committed[key] == nil then
+        committed_keys[#committed_keys + 1] = key
+      end
+      committed[key] = staged[key]
+    end
+  end
+  staged, staged_keys = {}, {}
+end
+
+-- Evaluate every request in order, group by group.
 local requests = {}
+local group_commits = {}
+local group, commit = nil, true
 local window = 0
-local commit = true
 for r = 1, request_count do
-  local header = 2 + (r - 1) * 3
-  local hits = tonumber(ARGV[header + 1])
+  local header = 2 + (r - 1) * 4
+  if ARGV[header + 1] ~= group then
+    if group ~= nil then
+      group_commits[group] = commit
+      close_group(commit)
+    end
+    group, commit = ARGV[header + 1], true
+  end
+  local hits = tonumber(ARGV[header + 2])
   local request = {
+    group = group,
     hits = hits,
-    binding = ARGV[header + 2] == '1',
     evaluations = {},
     room = true,
   }
-  local staged = {}
-  for w = 1, tonumber(ARGV[header + 3]) do
+  local own = {}
+  local own_keys = {}
+  for w = 1, tonumber(ARGV[header + 4]) do
     window = window + 1
     local base = window_args + (window - 1) * 4
     local key = key_of(window)
     local evaluation = algorithms[ARGV[base + 1]](
       key, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
       tonumber(ARGV[base + 4]), hits, math.max(hits, 1))
-    evaluation.key = key
     request.room = request.room and evaluation.room
     request.evaluations[w] = evaluation
-    if staged[key] == nil then
-      staged[key] = evaluation
+    if own[key] == nil then
+      own[key] = evaluation
+      own_keys[#own_keys + 1] = key
     end
   end
   if request.room and hits > 0 then
-    for key, evaluation in pairs(staged) do
-      if pending[key] == nil then
-        pending_keys[#pending_keys + 1] = key
+    for _, key in ipairs(own_keys) do
+      if staged[key] == nil then
+        staged_keys[#staged_keys + 1] = key
       end
-      pending[key] = evaluation
+      staged[key] = own[key]
     end
   end
-  if request.binding and not request.room then
+  if ARGV[header + 3] == '1' and not request.room then
     commit = false
   end
   requests[r] = request
 end
+if group ~= nil then
+  group_commits[group] = commit
+  close_group(commit)
+end
 
--- Write the staged states (each key once: its last staged state) and reply.
-if commit then
-  for _, key in ipairs(pending_keys) do
-    local values = {}
-    for name, value in pairs(pending[key].fields) do
-      values[#values + 1] = name
-      values[#values + 1] = value
-    end
-    redis.call('HSET', key, unpack(values))
-    redis.call('PEXPIRE', key, ttl_ms(pending[key].expires_at))
+-- Write what the committed groups left (each key once) and reply.
+for _, key in ipairs(committed_keys) do
+  local values = {}
+  for name, value in pairs(committed[key].fields) do
+    values[#values + 1] = name
+    values[#values + 1] = value
   end
+  redis.call('HSET', key, unpack(values))
+  redis.call('PEXPIRE', key, ttl_ms(committed[key].expires_at))
 end
 
 local reply = {num(now)}
 for _, request in ipairs(requests) do
-  local counted = commit and request.room and request.hits > 0
+  local counted = group_commits[request.group] and request.room and request.hits > 0
   reply[#reply + 1] = request.room and 1 or 0
   for _, evaluation in ipairs(request.evaluations) do
     local shown = counted and evaluation.committed or evaluation.kept
