@@ -93,6 +93,7 @@ COUNTERS = {
         f"cluster.{UPSTREAM_CLUSTER}.ratelimit.failure_mode_allowed"
     ),
     "rls_timeouts": f"cluster.{SERVER_CLUSTER}.upstream_rq_timeout",
+    "rls_overflow": f"cluster.{SERVER_CLUSTER}.upstream_rq_pending_overflow",
     "rls_calls": f"cluster.{SERVER_CLUSTER}.upstream_rq_total",
     "upstream_requests": f"cluster.{UPSTREAM_CLUSTER}.upstream_rq_total",
     "http_2xx": f"http.{INGRESS}.downstream_rq_2xx",
@@ -148,12 +149,15 @@ def envoy_bootstrap(
     server_port: int | None,
     rls_timeout_ms: int,
     rls_max_streams: int = 0,
+    rls_max_requests: int = 0,
 ) -> dict[str, Any]:
     """Ingress (with the rate-limit filter if server_port) -> responder.
 
     Addresses and clusters are built as the e2e tests' Envoy builds them.
     ``rls_max_streams`` > 0 caps the streams of one connection to the server,
     so Envoy opens more connections (spread over ``--workers``).
+    ``rls_max_requests`` > 0 is the server cluster's circuit breaker: calls
+    beyond that many in flight fail at once (failure mode) instead of queueing.
     """
     use_test_harness()
     from harness.envoy import socket_address, static_cluster
@@ -199,6 +203,10 @@ def envoy_bootstrap(
             (http,) = options.values()
             http["explicit_http_config"]["http2_protocol_options"] = {
                 "max_concurrent_streams": rls_max_streams
+            }
+        if rls_max_requests:
+            server_cluster["circuit_breakers"] = {
+                "thresholds": [{"max_requests": rls_max_requests}]
             }
         clusters.append(server_cluster)
     responder_route = {
@@ -284,7 +292,11 @@ def start_envoy(
 ) -> Envoy:
     config = workdir / "envoy.json"
     bootstrap = envoy_bootstrap(
-        free_port(), server_port, args.rls_timeout_ms, args.rls_max_streams
+        free_port(),
+        server_port,
+        args.rls_timeout_ms,
+        args.rls_max_streams,
+        args.rls_max_requests,
     )
     config.write_text(json.dumps(bootstrap, indent=2))
     admin_path = workdir / "envoy-admin-address"
@@ -688,10 +700,12 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     for result in results:
         counters = result["envoy"]
         if counters["rls_error"]:
-            answered = counters["rls_error"] - counters["rls_timeouts"]
+            overflow = counters.get("rls_overflow", 0)
+            answered = counters["rls_error"] - counters["rls_timeouts"] - overflow
             print(
                 f"# {result['target']} {result['run']}: {counters['rls_error']}"
                 f" RLS calls failed ({counters['rls_timeouts']} timeouts,"
+                f" {overflow} refused by Envoy's circuit breaker,"
                 f" {answered} gRPC error answers;"
                 f" {counters['rls_failure_mode_allowed']} failure_mode_allowed):"
                 " those requests were let through unlimited"
@@ -785,6 +799,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="max_concurrent_streams of Envoy's connections to the server; more"
         " connections reach more --workers (default: 0, Envoy's own)",
+    )
+    parser.add_argument(
+        "--rls-max-requests",
+        type=bounded(int, 0, 100_000),
+        default=0,
+        help="circuit breaker of Envoy's cluster of the server: RLS calls in"
+        " flight beyond this fail at once (default: 0, Envoy's own 1024)",
     )
     parser.add_argument(
         "--envoy-concurrency", type=bounded(int, 1, 4), default=1, help="workers"

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.ports import free_port
+from harness.server import ServerProcess
 from ratelimit_ext.policy.keys import hash_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,34 +134,12 @@ def _wait_serving(port: int, deadline: float) -> int:
 def test_serve_runs_on_the_event_loop_asked_for(
     tmp_path: Path, event_loop: str
 ) -> None:
-    port = free_port()
-    log = tmp_path / "serve.log"
-    command = [
-        sys.executable,
-        "-m",
-        "ratelimit_ext",
-        "serve",
-        "--config",
-        str(ROOT / "config"),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics-listen",
-        "none",
-        "--admin-listen",
-        "none",
-        "--event-loop",
-        event_loop,
-    ]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            status = _wait_serving(port, deadline=time.monotonic() + 15)
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    args = ("--event-loop", event_loop)
 
-    assert status == health_pb2.HealthCheckResponse.SERVING
-    assert f"event loop {event_loop}" in log.read_text()
+    with ServerProcess(
+        ROOT / "config", tmp_path, metrics=False, extra_args=args
+    ) as server:
+        log = server.log_text()
+
+    assert server.returncode == 0
+    assert f"event loop {event_loop}" in log

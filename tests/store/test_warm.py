@@ -11,6 +11,7 @@ from harness.ports import LOOPBACK, free_port
 from harness.server import ServerProcess
 from harness.valkey import ValkeyServer
 from ratelimit_ext.errors import StoreError
+from ratelimit_ext.store.base import Store
 from ratelimit_ext.store.cluster import RedisClusterStore
 from ratelimit_ext.store.redis import RedisStore
 from ratelimit_ext.store.script import counter_script
@@ -18,34 +19,35 @@ from ratelimit_ext.store.script import counter_script
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.redis
-async def test_warming_loads_the_counter_script(valkey: ValkeyServer) -> None:
-    with valkey.client() as client:
-        client.script_flush()
-    store = RedisStore(valkey.url)
-    try:
-        await store.warm()
-    finally:
-        await store.close()
-
-    with valkey.client() as client:
-        assert client.script_exists(counter_script().sha) == [True]
-
-
-@pytest.mark.cluster
-async def test_warming_loads_the_script_on_every_master(
-    valkey_cluster: ValkeyCluster,
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.cluster),
+    ],
+)
+async def test_warming_loads_the_counter_script_on_every_master(
+    request: pytest.FixtureRequest, kind: str
 ) -> None:
-    for node in valkey_cluster.current_masters():
+    store: Store
+    if kind == "redis":
+        server: ValkeyServer = request.getfixturevalue("valkey")
+        masters = [server]
+        store = RedisStore(server.url)
+    else:
+        cluster: ValkeyCluster = request.getfixturevalue("valkey_cluster")
+        masters = cluster.current_masters()
+        store = RedisClusterStore(cluster.url)
+    for node in masters:
         with node.client() as client:
             client.script_flush()
-    store = RedisClusterStore(valkey_cluster.url)
+
     try:
         await store.warm()
     finally:
         await store.close()
 
-    for node in valkey_cluster.current_masters():
+    for node in masters:
         with node.client() as client:
             assert client.script_exists(counter_script().sha) == [True]
 
