@@ -93,7 +93,6 @@ COUNTERS = {
         f"cluster.{UPSTREAM_CLUSTER}.ratelimit.failure_mode_allowed"
     ),
     "rls_timeouts": f"cluster.{SERVER_CLUSTER}.upstream_rq_timeout",
-    "rls_overflow": f"cluster.{SERVER_CLUSTER}.upstream_rq_pending_overflow",
     "rls_calls": f"cluster.{SERVER_CLUSTER}.upstream_rq_total",
     "upstream_requests": f"cluster.{UPSTREAM_CLUSTER}.upstream_rq_total",
     "http_2xx": f"http.{INGRESS}.downstream_rq_2xx",
@@ -700,7 +699,10 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     for result in results:
         counters = result["envoy"]
         if counters["rls_error"]:
-            overflow = counters.get("rls_overflow", 0)
+            # Calls the filter made that never reached the server's cluster:
+            # refused by Envoy's circuit breaker (--rls-max-requests).
+            made = sum(counters[k] for k in ("rls_ok", "rls_over_limit", "rls_error"))
+            overflow = max(made - counters["rls_calls"], 0)
             answered = counters["rls_error"] - counters["rls_timeouts"] - overflow
             print(
                 f"# {result['target']} {result['run']}: {counters['rls_error']}"
