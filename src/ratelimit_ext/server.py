@@ -9,6 +9,7 @@ within the grace period, closes the store and returns.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -197,6 +198,7 @@ class Sidecar:
         await self.server.start()
         if self.admin is not None:
             await self.admin.start()
+        _freeze_startup_objects()
         for service in ("", ratelimit.SERVICE_NAME, authorization.SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         policy = self.policy.current.policy
@@ -240,6 +242,21 @@ class Sidecar:
         if self._metrics is not None:
             self._metrics.close()
         logger.info("stopped")
+
+
+def _freeze_startup_objects() -> None:
+    """Take what start-up built (modules, protos, the policy) out of the GC's way.
+
+    A full collection of the cyclic garbage collector walks every tracked
+    object; with grpc, protobuf, OpenTelemetry and redis-py loaded that took
+    about 90 ms here, a stall longer than Envoy's whole 20 ms budget for
+    every call in flight. Frozen objects are skipped by the collector (they
+    are still freed by reference counting), so later collections only walk
+    what requests allocate.
+    """
+    gc.collect()
+    gc.freeze()
+    logger.debug("froze %d start-up objects", gc.get_freeze_count())
 
 
 def _remote_wrappers(store: Store, settings: ServeSettings) -> Store:

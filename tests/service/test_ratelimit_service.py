@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -222,3 +223,14 @@ async def test_a_call_picked_up_after_its_deadline_counts_nothing(
 
     assert errors == [grpc.StatusCode.DEADLINE_EXCEEDED]
     assert reply.statuses[0].limit_remaining == 3
+
+
+async def test_start_up_objects_are_kept_out_of_the_garbage_collectors_way(
+    sidecar: Running,
+) -> None:
+    """A full collection walked every module, proto and policy object (about
+    90 ms here, longer than Envoy's 20 ms budget); frozen, they are skipped."""
+    assert gc.get_freeze_count() > 10_000
+    started = time.perf_counter()
+    gc.collect()
+    assert time.perf_counter() - started < 0.05
