@@ -250,3 +250,20 @@ async def test_a_call_of_many_groups_is_one_script_call_on_redis(
         [True],
         [True],
     ]
+
+
+@pytest.mark.cluster
+async def test_the_undo_takes_back_a_counter_counted_twice(
+    cluster_store: RedisClusterStore, valkey_cluster: ValkeyCluster
+) -> None:
+    first, second = valkey_cluster.current_masters()[:2]
+    (a,) = subjects_on(valkey_cluster, first.port, 1)
+    (full,) = subjects_on(valkey_cluster, second.port, 1)
+    await cluster_store.hit([request(full, ONE)])
+
+    refused = await together(
+        cluster_store, request(a, TEN), request(a, TEN), request(full, ONE)
+    )
+
+    assert [r.allowed for r in refused] == [True, True, False]
+    assert await remaining(cluster_store, a, TEN) == 10

@@ -141,13 +141,21 @@ def build_call(
 def build_undo(
     group: Sequence[CounterRequest], now: str, prefix: str, *, declared: int = -1
 ) -> Call:
-    """The call taking back the committed hits of ``group``, counted at ``now``."""
+    """The call taking back the committed hits of ``group``, counted at ``now``.
+
+    Each request committed each of its keys once (two windows of one
+    request may share a key); two requests on one key committed twice.
+    """
     keys: list[str] = []
     args = [now]
     for request in group:
+        own: set[str] = set()
         for key, window in zip(
             window_keys(request, prefix), request.windows, strict=True
         ):
+            if key in own:
+                continue
+            own.add(key)
             keys.append(key)
             code, _, unit, capacity = _window_parts(window)[1]
             args += (code, unit, capacity, str(request.hits))

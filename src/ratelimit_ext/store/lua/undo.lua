@@ -12,7 +12,8 @@
 -- A window that has moved on since keeps its count: fixed-window hits of a
 -- past window no longer matter, and sliding-window hits that have become
 -- the previous window's are taken from there. A bucket gets its tokens back,
--- up to its capacity. Each key is taken back once. Keys keep their expiry.
+-- up to its capacity. Each entry is taken back (a key listed twice was
+-- committed twice). Keys keep their expiry.
 -- Reply: the number of windows changed.
 
 local at = tonumber(ARGV[1])
@@ -24,7 +25,6 @@ local function num(value)
 end
 
 local changed = 0
-local seen = {}
 for w = 1, window_count do
   local key = KEYS[w] or ARGV[undeclared + w]
   local base = 1 + (w - 1) * 4
@@ -32,25 +32,22 @@ for w = 1, window_count do
   local unit = tonumber(ARGV[base + 2])
   local capacity = tonumber(ARGV[base + 3])
   local hits = tonumber(ARGV[base + 4])
-  if not seen[key] then
-    seen[key] = true
-    if algorithm == 'tb' then
-      local tokens = tonumber(redis.call('HGET', key, 't'))
-      if tokens then
-        redis.call('HSET', key, 't', num(math.min(tokens + hits, capacity)))
-        changed = changed + 1
-      end
-    else
-      local start = math.floor(at / unit) * unit
-      local stored = redis.call('HMGET', key, 's', 'c', 'p')
-      local stored_start = tonumber(stored[1])
-      if stored_start == start then
-        redis.call('HSET', key, 'c', num(math.max(tonumber(stored[2]) - hits, 0)))
-        changed = changed + 1
-      elseif algorithm == 'sw' and stored_start == start + unit then
-        redis.call('HSET', key, 'p', num(math.max(tonumber(stored[3]) - hits, 0)))
-        changed = changed + 1
-      end
+  if algorithm == 'tb' then
+    local tokens = tonumber(redis.call('HGET', key, 't'))
+    if tokens then
+      redis.call('HSET', key, 't', num(math.min(tokens + hits, capacity)))
+      changed = changed + 1
+    end
+  else
+    local start = math.floor(at / unit) * unit
+    local stored = redis.call('HMGET', key, 's', 'c', 'p')
+    local stored_start = tonumber(stored[1])
+    if stored_start == start then
+      redis.call('HSET', key, 'c', num(math.max(tonumber(stored[2]) - hits, 0)))
+      changed = changed + 1
+    elseif algorithm == 'sw' and stored_start == start + unit then
+      redis.call('HSET', key, 'p', num(math.max(tonumber(stored[3]) - hits, 0)))
+      changed = changed + 1
     end
   end
 end
