@@ -251,14 +251,16 @@ class _Node:
 class _Part:
     """The requests of one group that live on one master: one script call.
 
-    ``positions`` are the requests' places in their group; ``at`` is the time
-    the script counted at, from its reply (for an undo).
+    ``positions`` are the requests' places in their group, ``slots`` their
+    subjects' slots; ``at`` is the time the script counted at, from its reply
+    (for an undo).
     """
 
     group: int
     master: str
     positions: tuple[int, ...]
     requests: tuple[CounterRequest, ...]
+    slots: tuple[int, ...]
     at: str = ""
 
     def counted(self, decided: list[CounterResult]) -> list[CounterRequest]:
@@ -503,24 +505,35 @@ class RedisClusterStore(Store):
 
     def _split(self, index: int, group: Sequence[CounterRequest]) -> list[_Part]:
         """The parts of a group, one per master owning some of its subjects."""
-        by_master: dict[str, list[int]] = {}
+        by_master: dict[str, list[tuple[int, int]]] = {}
         for position, request in enumerate(group):
             if request.windows:
-                master = self._owner_at(subject_slot(request.subject)).name
-                by_master.setdefault(master, []).append(position)
+                slot = subject_slot(request.subject)
+                master = self._owner_at(slot).name
+                by_master.setdefault(master, []).append((position, slot))
         return [
-            _Part(index, master, tuple(positions), tuple(group[p] for p in positions))
-            for master, positions in by_master.items()
+            _Part(
+                index,
+                master,
+                tuple(position for position, _ in placed),
+                tuple(group[position] for position, _ in placed),
+                tuple(slot for _, slot in placed),
+            )
+            for master, placed in by_master.items()
         ]
 
     def _hit_call(self, batch: list[_Part], now: str) -> Call:
         """One call for every part bound for one master, each part a group."""
         groups = [part.requests for part in batch]
         flat = [request for part in batch for request in part.requests]
-        return build_call(groups, now, self._prefix, declared=_declared(flat))
+        slots = [slot for part in batch for slot in part.slots]
+        declared = _declared(flat, slots)
+        return build_call(groups, now, self._prefix, declared=declared)
 
     def _undo_call(self, requests: list[CounterRequest], at: str) -> Call:
-        return build_undo(requests, at, self._prefix, declared=_declared(requests))
+        slots = [subject_slot(request.subject) for request in requests]
+        declared = _declared(requests, slots)
+        return build_undo(requests, at, self._prefix, declared=declared)
 
     def _take_back(
         self, parts: list[_Part], results: list[list[CounterResult]]
@@ -689,12 +702,11 @@ class RedisClusterStore(Store):
         return detail.replace(self._secret, "***") if self._secret else detail
 
 
-def _declared(requests: Sequence[CounterRequest]) -> int:
+def _declared(requests: Sequence[CounterRequest], slots: Sequence[int]) -> int:
     """How many leading keys share the first one's slot; -1: all of them."""
-    first = subject_slot(requests[0].subject)
     declared = 0
-    for request in requests:
-        if subject_slot(request.subject) != first:
+    for request, slot in zip(requests, slots, strict=True):
+        if slot != slots[0]:
             return declared
         declared += len(request.windows)
     return -1
